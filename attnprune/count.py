@@ -1,0 +1,191 @@
+"""Analytic parameter and MAC counts of the model a set of masks would leave.
+
+The budget search evaluates many candidate mask sets; rebuilding the model for
+each would be far too slow. Instead, every parametrised layer's count is written
+as a function of its kept input and output channels, with the per-sample spatial
+sizes recorded once from a forward pass. The formulas are fvcore's
+(``fvcore.nn.jit_handles``): a conv costs ``prod(weight.shape) * prod(out spatial)``
+multiply-accumulates, a linear ``in * out`` per token, an eval-mode BatchNorm two
+per element, an instance/group norm five per element; bias additions, activations
+and pooling are not counted by layer formulas. Parameters are counted exactly
+(all of them, head and norms included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from .groups import NORM_TYPES, POOL_TYPES, ChannelGroup
+
+__all__ = ["CostModel", "LayerCost"]
+
+_CONV = nn.modules.conv._ConvNd
+_COUNTED = (_CONV, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm, nn.PReLU)
+
+
+@dataclass(eq=False)
+class LayerCost:
+    """Counting record of one parametrised layer."""
+
+    name: str
+    module: nn.Module
+    c_out: int
+    c_in: int
+    out_spans: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    in_spans: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    spatial: list[int] = field(default_factory=list)  # per call, per sample
+
+    def kept(self, closed: list[torch.Tensor]) -> tuple[int, int]:
+        """Kept (out, in) channels given each group's closed-channel mask."""
+        out = self.c_out - sum(int(closed[g][r].sum()) for g, r in self.out_spans)
+        inn = self.c_in - sum(int(closed[g][r].sum()) for g, r in self.in_spans)
+        return out, inn
+
+    def count(self, k_out: int, k_in: int) -> tuple[int, int]:
+        """(params, MACs per sample) with ``k_out``/``k_in`` channels kept."""
+        m = self.module
+        if isinstance(m, _CONV):
+            ksize = 1
+            for k in m.kernel_size:
+                ksize *= k
+            depthwise = m.groups == m.out_channels and m.groups == m.in_channels and m.groups > 1
+            groups = k_out if depthwise else m.groups
+            if depthwise:
+                k_in = k_out
+            if m.transposed:
+                w = k_in * (k_out // groups) * ksize
+            else:
+                w = k_out * (k_in // groups) * ksize
+            params = w + (k_out if m.bias is not None else 0)
+            return params, w * sum(self.spatial)
+        if isinstance(m, nn.Linear):
+            w = k_out * k_in
+            return w + (k_out if m.bias is not None else 0), w * sum(self.spatial)
+        if isinstance(m, POOL_TYPES):
+            return 0, k_in * sum(self.spatial)  # fvcore: one per input element
+        own = sum(p.numel() for p in m.parameters(recurse=False))
+        if isinstance(m, nn.PReLU) and m.num_parameters == 1:
+            return own, 0
+        params = own * k_out // max(self.c_out, 1)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            per_el = 2 if m.affine else 1
+        elif isinstance(m, (nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)):
+            per_el = 5 if own else 4
+        else:
+            per_el = 0
+        return params, per_el * k_out * sum(self.spatial)
+
+
+def _channels(m: nn.Module) -> tuple[int, int]:
+    if isinstance(m, _CONV):
+        return m.out_channels, m.in_channels
+    if isinstance(m, nn.Linear):
+        return m.out_features, m.in_features
+    if isinstance(m, NORM_TYPES):
+        return m.num_features, m.num_features
+    if isinstance(m, nn.GroupNorm):
+        return m.num_channels, m.num_channels
+    if isinstance(m, nn.PReLU):
+        return m.num_parameters, m.num_parameters
+    if isinstance(m, nn.LayerNorm):
+        n = int(torch.tensor(m.normalized_shape).prod())
+        return n, n
+    return 0, 0
+
+
+class CostModel:
+    """Params and MACs of the model as a function of the groups' masks.
+
+    Args:
+        model: The model, unpruned.
+        args: Positional example inputs; one forward pass records spatial sizes.
+        groups: The channel groups.
+    """
+
+    def __init__(self, model: nn.Module, args: tuple, groups: list[ChannelGroup]):
+        self.groups = groups
+        self.layers: list[LayerCost] = []
+        by_module: dict[nn.Module, LayerCost] = {}
+        for name, m in model.named_modules():
+            if isinstance(m, POOL_TYPES) or (
+                isinstance(m, _COUNTED) and any(True for _ in m.parameters(recurse=False))
+            ):
+                c_out, c_in = _channels(m)
+                lc = LayerCost(name=name, module=m, c_out=c_out, c_in=c_in)
+                self.layers.append(lc)
+                by_module[m] = lc
+        counted = {id(p) for lc in self.layers for p in lc.module.parameters(recurse=False)}
+        self.fixed_params = sum(p.numel() for p in model.parameters() if id(p) not in counted)
+        for g in groups:
+            for s in g.spans:
+                lc = by_module.get(s.module)
+                if lc is None:
+                    continue
+                (lc.out_spans if s.role == "out" else lc.in_spans).append((g.index, s.root))
+        self._record_spatial(model, args, by_module)
+        full = self.count_closed([torch.zeros(g.n_channels, dtype=torch.bool) for g in groups])
+        self.dense_params, self.dense_macs = full
+
+    @staticmethod
+    def _record_spatial(model, args, by_module) -> None:
+        def hook(module, inputs, output):
+            lc = by_module[module]
+            if isinstance(module, POOL_TYPES):
+                ref = inputs[0]
+                lc.c_in = lc.c_out = ref.shape[1] if ref.dim() > 2 else ref.shape[0]
+                per_sample = ref.numel() // ref.shape[0] // lc.c_in
+            elif isinstance(module, _CONV) and module.transposed:
+                ref = inputs[0]
+                per_sample = ref.numel() // ref.shape[0] // ref.shape[1]
+            elif isinstance(module, (nn.Linear, nn.LayerNorm)):
+                ref = output
+                per_sample = ref.numel() // ref.shape[0] // ref.shape[-1] if ref.dim() > 1 else 1
+            else:
+                ref = output
+                per_sample = ref.numel() // ref.shape[0] // ref.shape[1]
+            lc.spatial.append(int(per_sample))
+
+        modes = {m: m.training for m in model.modules()}
+        handles = [m.register_forward_hook(hook) for m in by_module]
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(*args)
+        finally:
+            for h in handles:
+                h.remove()
+            for m, t in modes.items():
+                m.training = t
+
+    def count_closed(self, closed: list[torch.Tensor]) -> tuple[int, int]:
+        """(params, MACs per sample) given one bool "closed" vector per group."""
+        params, macs = self.fixed_params, 0
+        for lc in self.layers:
+            k_out, k_in = lc.kept(closed)
+            p, m = lc.count(k_out, k_in)
+            params += p
+            macs += m
+        return params, macs
+
+    def count(self, masks: list[torch.Tensor]) -> tuple[int, int]:
+        """(params, MACs per sample) given one bool keep-mask per group."""
+        return self.count_closed([~m.to("cpu", torch.bool) for m in masks])
+
+    def channel_costs(self, target: str = "params") -> list[torch.Tensor]:
+        """Cost of each group's channels: what closing one channel saves at the dense model.
+
+        Used to weight regularisers and to make scores of different groups comparable.
+        """
+        which = 0 if target == "params" else 1
+        dense = self.dense_params if which == 0 else self.dense_macs
+        costs = []
+        for g in self.groups:
+            closed = [torch.zeros(h.n_channels, dtype=torch.bool) for h in self.groups]
+            unit = g.n_channels // g.ch_groups
+            closed[g.index][::unit] = True  # one channel of each conv group: a valid pattern
+            saved = (dense - self.count_closed(closed)[which]) / g.ch_groups
+            costs.append(torch.full((g.n_channels,), float(max(saved, 1.0))))
+        return costs

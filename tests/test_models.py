@@ -1,0 +1,135 @@
+"""Tests for attnprune.models (CIFAR ResNets and build_model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from attnprune.models import (
+    MODELS,
+    VALID_DEPTHS,
+    CifarResNet,
+    build_model,
+    cifar_resnet,
+    needs_rgb,
+    resnet20,
+)
+
+# ResNet-20 with option-B shortcuts on 3-channel input: the 269,722 parameters
+# of the option-A network plus two 1x1 convs and their BNs:
+# (16*32 + 2*32) + (32*64 + 2*64) = 2,752.
+RESNET20_PARAMS = 272_474
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """One intra-op thread: faster than two on a shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("depth", VALID_DEPTHS)
+def test_each_depth_builds_and_runs(depth):
+    torch.manual_seed(0)
+    gray = cifar_resnet(depth, in_channels=1).eval()
+    rgb = cifar_resnet(depth, in_channels=3).eval()
+    n = (depth - 2) // 6
+    assert all(len(stage) == n for stage in (gray.layer1, gray.layer2, gray.layer3))
+    with torch.no_grad():
+        assert gray(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+        assert rgb(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_named_constructors_match_registry():
+    assert set(MODELS) == {f"resnet{d}" for d in VALID_DEPTHS}
+    for name, factory in MODELS.items():
+        model = factory(num_classes=7, in_channels=1)
+        assert isinstance(model, CifarResNet)
+        assert model.fc.out_features == 7
+        assert model.conv1.in_channels == 1
+
+
+def test_resnet20_param_count():
+    assert _num_params(resnet20(in_channels=3)) == RESNET20_PARAMS
+    # ~0.27M as in He et al. (2016), Table 6.
+    assert round(RESNET20_PARAMS / 1e6, 2) == 0.27
+
+
+def test_option_b_shortcuts_only_at_stage_transitions():
+    model = resnet20()
+    one_by_one = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)
+    ]
+    assert one_by_one == ["layer2.0.shortcut.0", "layer3.0.shortcut.0"]
+    for name in one_by_one:
+        conv = model.get_submodule(name)
+        assert conv.stride == (2, 2)
+    assert isinstance(model.get_submodule("layer2.0.shortcut.1"), nn.BatchNorm2d)
+    shortcuts = [
+        name for name, block in model.named_modules()
+        if getattr(block, "shortcut", None) is not None
+    ]
+    assert shortcuts == ["layer2.0", "layer3.0"]
+
+
+def test_width_multiplier():
+    model = cifar_resnet(20, width=8)
+    assert model.conv1.out_channels == 8
+    assert model.layer3[0].conv1.out_channels == 32
+    assert model.fc.in_features == 32
+
+
+@pytest.mark.parametrize("depth", [0, 8, 21, 1202, "20", 20.0, True])
+def test_invalid_depth_raises(depth):
+    with pytest.raises(ValueError, match="20, 32, 44, 56, 110"):
+        cifar_resnet(depth)
+
+
+def test_invalid_arguments_raise():
+    with pytest.raises(ValueError, match="num_classes"):
+        cifar_resnet(20, num_classes=0)
+    with pytest.raises(TypeError, match="in_channels"):
+        build_model("resnet20", in_channels="1")
+
+
+def test_build_model_package_name():
+    model = build_model("resnet32", num_classes=5, in_channels=1)
+    assert isinstance(model, CifarResNet)
+    assert model.fc.out_features == 5
+    assert needs_rgb("resnet32") is False
+
+
+def test_build_model_torchvision_name():
+    model = build_model("resnet18", num_classes=10).eval()
+    assert not isinstance(model, CifarResNet)
+    assert needs_rgb("resnet18") is True
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # in_channels does not alter torchvision models; the caller expands grayscale.
+    gray = build_model("resnet18", num_classes=10, in_channels=1)
+    assert gray.conv1.in_channels == 3
+
+
+def test_build_model_googlenet_has_no_aux_heads():
+    model = build_model("googlenet", num_classes=10).eval()
+    assert model.aux1 is None and model.aux2 is None
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError) as info:
+        build_model("resnet21")
+    message = str(info.value)
+    assert "resnet20" in message and "torchvision" in message
+    with pytest.raises(ValueError):
+        needs_rgb("not-a-model")
