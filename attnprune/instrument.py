@@ -46,7 +46,8 @@ def outputs_close(ref, out, rtol: float = 1e-4) -> tuple[bool, float]:
     Returns:
         ``(ok, error)`` where ``error = max|ref - out| / max|ref|``.
     """
-    a, b = _flatten_tensors(ref), _flatten_tensors(out)
+    a = [t.detach() for t in _flatten_tensors(ref)]
+    b = [t.detach() for t in _flatten_tensors(out)]
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         return False, float("inf")
     err, scale = 0.0, 0.0
