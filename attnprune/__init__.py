@@ -8,14 +8,34 @@ the physically pruned model computes.
 
 __version__ = "0.1.0"
 
-from .errors import AttnpruneError, EquivalenceError, UnsupportedModelError
+from .api import DEFAULT_METHOD, PruneReport, PruneResult, prune
+from .budget import BudgetResult, select_channels
+from .errors import AttnpruneError, BudgetError, EquivalenceError, UnsupportedModelError
 from .instrument import Instrumented, instrument
+from .methods import Budget, Context, PruningMethod, available_methods, get_method, register_method
+from .schedule import Runner, TrainingDivergedError, evaluate
 
 __all__ = [
     "__version__",
+    "prune",
+    "PruneResult",
+    "PruneReport",
+    "DEFAULT_METHOD",
+    "instrument",
+    "Instrumented",
+    "select_channels",
+    "BudgetResult",
+    "Budget",
+    "Context",
+    "PruningMethod",
+    "available_methods",
+    "get_method",
+    "register_method",
+    "Runner",
+    "evaluate",
     "AttnpruneError",
+    "BudgetError",
     "EquivalenceError",
     "UnsupportedModelError",
-    "Instrumented",
-    "instrument",
+    "TrainingDivergedError",
 ]

@@ -329,16 +329,19 @@ def _export_dynamo(
     model: nn.Module, args: tuple[torch.Tensor, ...], file: Path, dynamic_batch: bool, kw: dict
 ) -> None:
     batch_dim = torch.export.Dim("batch")
-    torch.onnx.export(
-        model,
-        args,
-        str(file),
-        dynamo=True,
-        dynamic_shapes=tuple({0: batch_dim} for _ in args) if dynamic_batch else None,
-        external_data=False,  # one self-contained file (switches to external data > 2 GB)
-        verbose=False,  # no progress lines on stdout
-        **kw,
-    )
+    with warnings.catch_warnings():
+        # Several inputs sharing the one batch axis is intended, not worth a warning.
+        warnings.filterwarnings("ignore", message=r".*shares the same shape constraints.*")
+        torch.onnx.export(
+            model,
+            args,
+            str(file),
+            dynamo=True,
+            dynamic_shapes=tuple({0: batch_dim} for _ in args) if dynamic_batch else None,
+            external_data=False,  # one self-contained file (switches to external data > 2 GB)
+            verbose=False,  # no progress lines on stdout
+            **kw,
+        )
 
 
 def _export_legacy(

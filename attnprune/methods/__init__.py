@@ -1,0 +1,32 @@
+"""Pruning methods: one module per method, all registered by name.
+
+Importing this package registers every built-in method; ``available_methods()``
+lists them and the CLI takes its ``--method`` choices from the registry.
+"""
+
+from .base import (
+    METHODS,
+    Budget,
+    Context,
+    Phase,
+    PruningMethod,
+    TrainConfig,
+    available_methods,
+    get_method,
+    make_config,
+    register_method,
+)
+from . import baselines  # noqa: F401  (registers l1, taylor, slim, random)
+
+__all__ = [
+    "METHODS",
+    "Budget",
+    "Context",
+    "Phase",
+    "PruningMethod",
+    "TrainConfig",
+    "available_methods",
+    "get_method",
+    "make_config",
+    "register_method",
+]

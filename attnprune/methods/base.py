@@ -1,0 +1,289 @@
+"""The life cycle every pruning method follows, its config, and the registry.
+
+A method is an object with a fixed life cycle (compare ``torch.ao.pruning``'s
+``prepare -> step -> convert``):
+
+1. :meth:`PruningMethod.attach` to an :class:`~attnprune.Instrumented` model:
+   create the method's own parameters and hooks (it owns exactly those);
+2. :meth:`~PruningMethod.phases` tells the schedule runner what to train before
+   channels are removed; in every training step the runner calls
+   :meth:`~PruningMethod.before_step`, adds :meth:`~PruningMethod.regularizer` to
+   the task loss, and calls :meth:`~PruningMethod.after_step`;
+3. :meth:`~PruningMethod.scores` gives one score per channel of every group, and
+   :meth:`~PruningMethod.select` turns them into keep-masks meeting the budget;
+4. :meth:`~PruningMethod.detach` removes everything the method added; the
+   runner then finalizes the model and fine-tunes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+import torch.nn as nn
+
+from ..budget import BudgetResult, check_ratio, check_round_to, check_target, select_channels
+from ..instrument import Instrumented
+
+__all__ = [
+    "TrainConfig",
+    "Phase",
+    "Context",
+    "Budget",
+    "PruningMethod",
+    "register_method",
+    "get_method",
+    "available_methods",
+    "make_config",
+    "METHODS",
+]
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options shared by every method (CPU-sized defaults).
+
+    Attributes:
+        warmup_epochs: Dense training before the method starts (skipped with
+            ``pretrained=True``).
+        finetune_epochs: Training after channels are removed.
+        lr: Learning rate of the CNN weights (SGD with momentum by default).
+        finetune_lr: Learning rate of fine-tuning (default: ``lr``).
+        optimizer: ``"sgd"`` or ``"adam"`` for the CNN weights.
+        momentum: SGD momentum.
+        weight_decay: Weight decay of the CNN weights.
+        steps_per_epoch: Cap on batches per epoch (None: the whole loader).
+    """
+
+    warmup_epochs: int = 1
+    finetune_epochs: int = 1
+    lr: float = 0.05
+    finetune_lr: float | None = None
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    steps_per_epoch: int | None = None
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_epochs") or f.name in ("cycles",):
+                _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                       f"{f.name} must be an int >= 0, got {value!r}")
+        for name in ("lr", "weight_decay", "momentum"):
+            v = getattr(self, name)
+            _check(isinstance(v, (int, float)) and v >= 0 and v == v, f"{name} must be a number >= 0, got {v!r}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.finetune_lr is None or self.finetune_lr > 0, f"finetune_lr must be > 0, got {self.finetune_lr}")
+        _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _check(self.steps_per_epoch is None or (isinstance(self.steps_per_epoch, int) and self.steps_per_epoch > 0),
+               f"steps_per_epoch must be None or an int > 0, got {self.steps_per_epoch!r}")
+
+
+@dataclass
+class Phase:
+    """One stretch of training in the schedule.
+
+    Attributes:
+        name: Shown in progress bars and the report's history.
+        epochs: Passes over the loader.
+        gates: Gate mode during the phase (``off``, ``analog``, ``binary``).
+        train_model: Whether the CNN's weights train.
+        train_method: Whether the method's own parameters train.
+        lr: Learning rate of the CNN's weights.
+        method_lr: Learning rate of the method's parameters.
+        optimizer: ``"sgd"`` or ``"adam"`` for the CNN's weights.
+        method_optimizer: Optimiser of the method's parameters.
+        bn_eval: Run BatchNorm in eval mode (statistics used and left untouched).
+        cycle: Index of the AN/CNN cycle the phase belongs to, if any.
+    """
+
+    name: str
+    epochs: int
+    gates: str = "off"
+    train_model: bool = True
+    train_method: bool = False
+    lr: float = 0.05
+    method_lr: float = 1e-3
+    optimizer: str = "sgd"
+    method_optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bn_eval: bool = False
+    cycle: int | None = None
+
+
+@dataclass
+class Context:
+    """What a method may need from the training set-up.
+
+    Attributes:
+        batches: Callable returning an iterator of ``(inputs, targets)`` on the
+            model's device (for methods that score with gradients).
+        loss_fn: The task loss.
+        seed: The run's seed (None: unseeded).
+    """
+
+    batches: Callable | None = None
+    loss_fn: Callable | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the user asked for: ``ratio`` of ``target`` removed, ``round_to`` channels."""
+
+    ratio: float
+    target: str = "params"
+    round_to: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "ratio", check_ratio(self.ratio))
+        check_target(self.target)
+        object.__setattr__(self, "round_to", check_round_to(self.round_to))
+
+
+class PruningMethod:
+    """Base class of the pruning methods. Subclasses set ``name`` and ``config_class``.
+
+    Attributes:
+        normalize: How :meth:`select` makes scores of different groups comparable
+            (see :mod:`attnprune.budget`); ``None`` for scores trained on one scale.
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type] = TrainConfig
+    normalize: ClassVar[str | None] = "mean"
+
+    def __init__(self, config=None, **options):
+        if config is not None and options:
+            raise ValueError("pass either a config object or keyword options, not both")
+        self.config = config if config is not None else make_config(type(self), options)
+        self.inst: Instrumented | None = None
+        self.budget: Budget | None = None
+        self.handles: list = []
+
+    # -- life cycle -------------------------------------------------------------
+    def attach(self, inst: Instrumented, budget: Budget, context: Context | None = None) -> None:
+        """Attach to an instrumented model; subclasses extend :meth:`setup`."""
+        if self.inst is not None:
+            raise RuntimeError(f"{self.name} is already attached")
+        self.inst = inst
+        self.budget = budget
+        self.context = context or Context()
+        self.setup()
+
+    def setup(self) -> None:
+        """Create the method's parameters and hooks (called by :meth:`attach`)."""
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The method's own trainable parameters."""
+        return []
+
+    def phases(self, pretrained: bool = False) -> list[Phase]:
+        """Training phases before channels are removed."""
+        c = self.config
+        if pretrained or c.warmup_epochs == 0:
+            return []
+        return [self.cnn_phase("warmup", c.warmup_epochs)]
+
+    def cnn_phase(self, name: str, epochs: int, **kw) -> Phase:
+        """A phase that trains the CNN's weights with the config's optimiser."""
+        c = self.config
+        return Phase(name=name, epochs=epochs, lr=kw.pop("lr", c.lr), optimizer=c.optimizer,
+                     momentum=c.momentum, weight_decay=c.weight_decay, **kw)
+
+    def start_phase(self, phase: Phase) -> None:
+        """Called when a phase starts: set gate modes and values."""
+        self.inst.mode = phase.gates
+
+    def before_step(self, phase: Phase, step: int) -> None:
+        """Called before every training step."""
+
+    def regularizer(self, phase: Phase) -> torch.Tensor | None:
+        """Extra loss term added to the task loss (None: nothing)."""
+        return None
+
+    def after_step(self, phase: Phase, step: int) -> None:
+        """Called after every optimiser step."""
+
+    def scores(self) -> list[torch.Tensor]:
+        """One score per channel of every group, in root index space (higher = keep)."""
+        raise NotImplementedError
+
+    def select(self) -> BudgetResult:
+        """Keep-masks meeting the budget, from :meth:`scores`."""
+        b = self.budget
+        return select_channels(self.inst.cost, self.scores(), b.ratio, b.target,
+                               round_to=b.round_to, normalize=self.normalize)
+
+    def report(self) -> dict:
+        """Method-specific fields for the report."""
+        return {}
+
+    def detach(self) -> None:
+        """Remove every hook and parameter the method added. Safe to call twice."""
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def state_dict(self) -> dict:
+        """The method's state (its parameters), for checkpoints."""
+        return {f"p{i}": p.detach().clone() for i, p in enumerate(self.parameters())}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for i, p in enumerate(self.parameters()):
+                p.copy_(state[f"p{i}"])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+
+METHODS: dict[str, type[PruningMethod]] = {}
+
+
+def register_method(name: str) -> Callable[[type[PruningMethod]], type[PruningMethod]]:
+    """Class decorator adding a method to the registry; a duplicate name raises."""
+
+    def deco(cls):
+        if name in METHODS:
+            raise ValueError(f"a pruning method named {name!r} is already registered ({METHODS[name].__name__})")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def available_methods() -> list[str]:
+    """Registered method names, sorted."""
+    return sorted(METHODS)
+
+
+def get_method(name: str) -> type[PruningMethod]:
+    """The method class registered under ``name``."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {available_methods()}")
+    return METHODS[name]
+
+
+def make_config(method_cls: type[PruningMethod], options: dict):
+    """Build a method's config from keyword options, rejecting unknown ones."""
+    cfg_cls = method_cls.config_class
+    valid = [f.name for f in dataclasses.fields(cfg_cls)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for method {method_cls.name!r}; valid options: {sorted(valid)}"
+        )
+    return cfg_cls(**options)

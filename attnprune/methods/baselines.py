@@ -1,0 +1,176 @@
+"""Baselines: rank once with a torch-pruning importance, prune, fine-tune.
+
+``l1``: group L1 norm of the filters (Li et al., "Pruning Filters for Efficient
+ConvNets", ICLR 2017), through ``tp.importance.GroupMagnitudeImportance(p=1)``.
+``taylor``: first-order Taylor expansion (Molchanov et al., CVPR 2019), through
+``tp.importance.GroupTaylorImportance`` on gradients accumulated over a few
+batches. torch-pruning 1.6 never scores BatchNorm there (its BN branch tests the
+GroupNorm pruning function), so the BN terms ``|gamma * dL/dgamma| + |beta * dL/dbeta|``
+are added here.
+``slim``: network slimming (Liu et al., ICCV 2017): an L1 penalty on BatchNorm
+scales during warm-up, then rank by ``|gamma|`` (``tp.importance.BNScaleImportance``).
+``random``: uniformly random scores (a sanity floor).
+
+All four are ranked globally by :mod:`attnprune.budget` (mean-normalised per group);
+torch-pruning's own global mode is not used, since it silently skips a group whose
+channels all fall under the threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from ..groups import NORM_TYPES
+from .base import Phase, PruningMethod, TrainConfig, register_method
+
+__all__ = ["BaselineConfig", "TaylorConfig", "SlimConfig", "L1Method", "TaylorMethod", "SlimMethod", "RandomMethod"]
+
+
+@dataclass(frozen=True)
+class BaselineConfig(TrainConfig):
+    """Baselines train ``warmup_epochs``, rank once, then fine-tune ``finetune_epochs``.
+
+    The defaults give the same total passes as PAAM's defaults (four).
+    """
+
+    warmup_epochs: int = 2
+    finetune_epochs: int = 2
+
+
+@dataclass(frozen=True)
+class TaylorConfig(BaselineConfig):
+    """Attributes:
+    taylor_batches: Batches whose gradients are accumulated for the Taylor score.
+    """
+
+    taylor_batches: int = 8
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.taylor_batches, int) or self.taylor_batches < 1:
+            raise ValueError(f"taylor_batches must be an int >= 1, got {self.taylor_batches!r}")
+
+
+@dataclass(frozen=True)
+class SlimConfig(BaselineConfig):
+    """Attributes:
+    sparsity: Weight of the L1 penalty on BatchNorm scales during warm-up.
+    """
+
+    sparsity: float = 1e-4
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.sparsity, (int, float)) or not self.sparsity >= 0:
+            raise ValueError(f"sparsity must be a number >= 0, got {self.sparsity!r}")
+
+
+class _TPImportanceMethod(PruningMethod):
+    """Scores every group with a torch-pruning importance (no normaliser: ours is global)."""
+
+    config_class = BaselineConfig
+
+    def importance(self) -> tp.importance.Importance:
+        raise NotImplementedError
+
+    def tp_group(self, g):
+        return self.inst.graph.get_pruning_group(g.root_module, g.root_fn, list(range(g.n_channels)))
+
+    def scores(self) -> list[torch.Tensor]:
+        imp = self.importance()
+        out = []
+        for g in self.inst.groups:
+            s = imp(self.tp_group(g))
+            out.append(torch.ones(g.n_channels) if s is None else s.detach().float().cpu())
+        return out
+
+
+@register_method("l1")
+class L1Method(_TPImportanceMethod):
+    """Group L1-norm ranking (Li et al. 2017) after warm-up."""
+
+    def importance(self):
+        return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean", normalizer=None)
+
+
+@register_method("taylor")
+class TaylorMethod(_TPImportanceMethod):
+    """First-order Taylor ranking (Molchanov et al. 2019), with BatchNorm terms added."""
+
+    config_class = TaylorConfig
+
+    def importance(self):
+        return tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer=None)
+
+    def scores(self) -> list[torch.Tensor]:
+        ctx = self.context
+        if ctx.batches is None or ctx.loss_fn is None:
+            raise RuntimeError("taylor needs batches and a loss: attach it with a Context")
+        model = self.inst.model
+        model.zero_grad(set_to_none=True)
+        modes = {m: m.training for m in model.modules()}
+        model.eval()
+        for i, (x, y) in enumerate(ctx.batches()):
+            if i >= self.config.taylor_batches:
+                break
+            ctx.loss_fn(model(x), y).backward()
+        for m, t in modes.items():
+            m.training = t
+        base = super().scores()
+        for g, s in zip(self.inst.groups, base):
+            extra = torch.zeros(g.n_channels)
+            for span in g.spans:
+                m = span.module
+                if span.role == "out" and isinstance(m, NORM_TYPES) and m.affine and m.weight.grad is not None:
+                    t = (m.weight * m.weight.grad).abs() + (m.bias * m.bias.grad).abs()
+                    extra.index_add_(0, span.root, t.detach().cpu()[span.local])
+            s += extra
+        model.zero_grad(set_to_none=True)
+        return base
+
+
+@register_method("slim")
+class SlimMethod(_TPImportanceMethod):
+    """Network slimming (Liu et al. 2017): L1 on BN scales in warm-up, rank by |gamma|."""
+
+    config_class = SlimConfig
+
+    def setup(self):
+        self.bns = list(dict.fromkeys(
+            s.module for g in self.inst.groups for s in g.spans
+            if s.role == "out" and isinstance(s.module, NORM_TYPES) and s.module.affine
+        ))
+
+    def regularizer(self, phase: Phase):
+        if phase.name != "warmup" or not self.bns or self.config.sparsity == 0:
+            return None
+        return self.config.sparsity * sum(bn.weight.abs().sum() for bn in self.bns)
+
+    def importance(self):
+        return tp.importance.BNScaleImportance(group_reduction="mean", normalizer=None)
+
+    def scores(self):
+        out = super().scores()
+        # groups without a BatchNorm fall back to the filters' L1 norm
+        l1 = tp.importance.GroupMagnitudeImportance(p=1, normalizer=None)
+        for i, g in enumerate(self.inst.groups):
+            if not any(s.role == "out" and s.module in self.bns for s in g.spans):
+                out[i] = l1(self.tp_group(g)).detach().float().cpu()
+        return out
+
+
+@register_method("random")
+class RandomMethod(PruningMethod):
+    """Uniformly random scores, seeded by ``prune(seed=...)``."""
+
+    config_class = BaselineConfig
+
+    def setup(self):
+        self.generator = torch.Generator().manual_seed(self.context.seed or 0)
+
+    def scores(self):
+        return [torch.rand(g.n_channels, generator=self.generator) for g in self.inst.groups]
