@@ -22,7 +22,8 @@ from .budget import check_ratio, check_round_to, check_target
 from .instrument import Instrumented, instrument
 from .methods import get_method, make_config
 from .methods.base import Budget, Context, Phase, PruningMethod
-from .schedule import EpochRecord, Runner, _to, evaluate, unpack_batch
+from ._batch import to_device as _to, unpack_batch
+from .schedule import EpochRecord, Runner, evaluate
 
 __all__ = ["prune", "PruneResult", "PruneReport", "GroupReport", "DEFAULT_METHOD"]
 
@@ -194,13 +195,16 @@ def prune(
 
     algo: PruningMethod = method_cls(config)
     try:
-        algo.attach(inst, budget, Context(batches=batches, loss_fn=loss_fn, seed=seed))
+        algo.attach(inst, budget, Context(batches=batches, loss_fn=loss_fn, seed=seed,
+                                          steps_per_epoch=runner.steps_in_epoch()))
         acc_before = None
-        for phase in algo.phases(pretrained=pretrained):
-            runner.run(work, phase, algo, kept=lambda: _kept_fraction(inst))
-        if eval_loader is not None:
-            inst.mode = "off"
-            acc_before = evaluate(work, eval_loader, device)
+        phases = algo.phases(pretrained=pretrained)
+        for i, phase in enumerate(phases + [None]):
+            if acc_before is None and eval_loader is not None and (phase is None or phase.gates != "off"):
+                inst.mode = "off"  # the dense model the method starts pruning
+                acc_before = evaluate(work, eval_loader, device)
+            if phase is not None:
+                runner.run(work, phase, algo, kept=lambda: _kept_fraction(inst))
         selection = algo.select()
         inst.set_masks(selection.masks)
         inst.mode = "binary"

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnprune.export import (
+from .export import (
     PROVIDERS,
     _as_input_tuple,
     _batch_size,
@@ -66,7 +66,7 @@ from attnprune.export import (
     export_onnx,
     onnx_session,
 )
-from attnprune.metrics import count_macs, count_params
+from .metrics import count_macs, count_params
 
 __all__ = ["BenchResult", "benchmark", "environment_info"]
 
@@ -197,16 +197,18 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the result as plain JSON-serialisable containers."""
-        return json.loads(json.dumps(
-            {
-                "reference": self.reference,
-                "models": self.models,
-                "latency": self.latency,
-                "pairs": self.pairs,
-                "settings": self.settings,
-                "environment": self.environment,
-            }
-        ))
+        return json.loads(
+            json.dumps(
+                {
+                    "reference": self.reference,
+                    "models": self.models,
+                    "latency": self.latency,
+                    "pairs": self.pairs,
+                    "settings": self.settings,
+                    "environment": self.environment,
+                }
+            )
+        )
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Writes :meth:`to_dict` as indented JSON (atomically) and returns the path."""
@@ -304,7 +306,9 @@ def _check_models(models: Any) -> list[tuple[str, nn.Module | Path]]:
         elif isinstance(value, (str, os.PathLike)):
             p = Path(value)
             if p.suffix.lower() != ".onnx":
-                raise ValueError(f"models[{name!r}] must be an nn.Module or a path ending in .onnx, got {p}")
+                raise ValueError(
+                    f"models[{name!r}] must be an nn.Module or a path ending in .onnx, got {p}"
+                )
             if not p.is_file():
                 raise FileNotFoundError(f"models[{name!r}]: ONNX file not found: {p}")
             items.append((name, p))
@@ -328,7 +332,9 @@ def _check_batch_sizes(batch_sizes: Any) -> list[int]:
     if isinstance(batch_sizes, int) and not isinstance(batch_sizes, bool):
         batch_sizes = (batch_sizes,)
     if not isinstance(batch_sizes, Sequence) or isinstance(batch_sizes, str) or not batch_sizes:
-        raise ValueError(f"batch_sizes must be a non-empty sequence of positive ints, got {batch_sizes!r}")
+        raise ValueError(
+            f"batch_sizes must be a non-empty sequence of positive ints, got {batch_sizes!r}"
+        )
     out: list[int] = []
     for b in batch_sizes:
         _check_count(b, "each of batch_sizes", 1)
@@ -356,7 +362,7 @@ def _feed_for(session: Any, name: str, arrays: list[np.ndarray]) -> dict[str, np
                 f"model {name!r}: ONNX input {gi.name!r} has a fixed batch size {dim0}, "
                 f"cannot run batch size {batch}; export it with a dynamic batch axis"
             )
-    return {gi.name: arr for gi, arr in zip(graph_inputs, arrays)}
+    return {gi.name: arr for gi, arr in zip(graph_inputs, arrays, strict=True)}
 
 
 def _time_calls(session: Any, feed: dict[str, np.ndarray], n: int) -> float:
@@ -461,12 +467,19 @@ def benchmark(
                 }
             else:
                 file = model
-                info[name] = {"source": "onnx", "params": None, "macs": None, "onnx_path": str(file)}
+                info[name] = {
+                    "source": "onnx",
+                    "params": None,
+                    "macs": None,
+                    "onnx_path": str(file),
+                }
             sessions[name] = onnx_session(file, provider, threads)
 
         feeds: dict[tuple[str, int], dict[str, np.ndarray]] = {}
         for b in sizes:
-            arrays = [np.ascontiguousarray(t.detach().cpu().numpy()) for t in _with_batch(inputs, b)]
+            arrays = [
+                np.ascontiguousarray(t.detach().cpu().numpy()) for t in _with_batch(inputs, b)
+            ]
             for name, _ in items:
                 feeds[name, b] = _feed_for(sessions[name], name, arrays)
 
@@ -481,7 +494,9 @@ def benchmark(
                     runs[name, b] = runs_per_round
                 else:
                     once = max(_time_calls(sess, feed, 1), 1e-7)
-                    runs[name, b] = int(min(_MAX_RUNS_PER_ROUND, max(1, math.ceil(_TARGET_ROUND_S / once))))
+                    runs[name, b] = int(
+                        min(_MAX_RUNS_PER_ROUND, max(1, math.ceil(_TARGET_ROUND_S / once)))
+                    )
 
         samples: dict[tuple[str, int], list[float]] = {key: [] for key in runs}
         names = [name for name, _ in items]
@@ -492,7 +507,9 @@ def benchmark(
                 shift = r % len(names)
                 for name in names[shift:] + names[:shift]:
                     for b in sizes:
-                        samples[name, b].append(_time_calls(sessions[name], feeds[name, b], runs[name, b]))
+                        samples[name, b].append(
+                            _time_calls(sessions[name], feeds[name, b], runs[name, b])
+                        )
         finally:
             if gc_was_enabled:
                 gc.enable()

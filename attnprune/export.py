@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import AttnpruneError
+
 __all__ = [
     "PROVIDERS",
     "ExportMismatchError",
@@ -43,12 +45,13 @@ PROVIDERS: dict[str, str] = {
 }
 
 
-class ExportMismatchError(RuntimeError):
+class ExportMismatchError(AttnpruneError, RuntimeError):
     """The exported ONNX model disagrees with the PyTorch model.
 
     Raised by :func:`export_onnx` when an ONNX Runtime output differs from the
     PyTorch output by more than ``rtol * max(1, max|torch|)``, has a different
-    shape, or has NaN/Inf where PyTorch has none.
+    shape, or has NaN/Inf where PyTorch has none. Like every attnprune error it
+    derives from :class:`attnprune.errors.AttnpruneError`.
     """
 
 
@@ -148,7 +151,9 @@ def onnx_session(
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
+    )
     session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     if session.get_providers()[0] != ort_provider:
         raise RuntimeError(
@@ -188,7 +193,8 @@ def _batch_size(inputs: tuple[torch.Tensor, ...]) -> int:
     for i, t in enumerate(inputs):
         if t.dim() == 0 or t.shape[0] == 0:
             raise ValueError(
-                f"example_inputs[{i}] needs a non-empty batch dimension 0, got shape {tuple(t.shape)}"
+                f"example_inputs[{i}] needs a non-empty batch dimension 0, "
+                f"got shape {tuple(t.shape)}"
             )
         sizes.add(int(t.shape[0]))
     if len(sizes) != 1:
@@ -262,7 +268,7 @@ def _compare(ref: list[np.ndarray], got: list[np.ndarray], rtol: float, what: st
         raise ExportMismatchError(
             f"{what}: ONNX model returns {len(got)} outputs, PyTorch returns {len(ref)}"
         )
-    for k, (r, g) in enumerate(zip(ref, got)):
+    for k, (r, g) in enumerate(zip(ref, got, strict=True)):
         g = np.asarray(g)
         if r.shape != g.shape:
             raise ExportMismatchError(
@@ -302,7 +308,9 @@ def _parity_check(
     for inputs in inputs_list:
         with torch.no_grad():
             ref = [_to_numpy(t) for t in _flatten_outputs(model(*inputs))]
-        feed = {n: _to_numpy(t) for n, t in zip(input_names, inputs) if n in graph_inputs}
+        feed = {
+            n: _to_numpy(t) for n, t in zip(input_names, inputs, strict=True) if n in graph_inputs
+        }
         got = session.run(None, feed)
         _compare(ref, got, rtol, f"batch size {inputs[0].shape[0]}")
 
@@ -445,8 +453,8 @@ def export_onnx(
         shown = ", ".join(hooked[:5]) + (f", ... ({len(hooked)} in all)" if len(hooked) > 5 else "")
         raise ValueError(
             "model still carries forward hooks or forward-pre hooks on submodules "
-            f"[{shown}]; it must be finalized first (remove pruning gates/masks and "
-            "their hooks) before ONNX export"
+            f"[{shown}]; it must be finalized first (Instrumented.finalize() or "
+            "Instrumented.remove(), or remove your own hooks) before ONNX export"
         )
 
     path = Path(path)
@@ -479,7 +487,11 @@ def export_onnx(
                 if opset is not None and got != opset:
                     raise _UseLegacy(f"it produced opset {got} instead of the requested {opset}")
             except Exception as dynamo_error:  # noqa: BLE001 - any exporter failure
-                reason = str(dynamo_error).strip().splitlines()[0][:300] if str(dynamo_error).strip() else ""
+                reason = (
+                    str(dynamo_error).strip().splitlines()[0][:300]
+                    if str(dynamo_error).strip()
+                    else ""
+                )
                 what = "could not be used" if isinstance(dynamo_error, _UseLegacy) else "failed"
                 if not isinstance(dynamo_error, _UseLegacy):
                     reason = f"{type(dynamo_error).__name__}: {reason}"

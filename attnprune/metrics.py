@@ -315,4 +315,3 @@ def summarize(model: nn.Module, example_inputs: Any) -> dict[str, int]:
         ValueError: If ``example_inputs`` holds no usable tensor.
     """
     return {"params": count_params(model), "macs": count_macs(model, example_inputs)}
-

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ._batch import call_model as _call, to_device as _to, unpack_batch
 from .errors import AttnpruneError
 from .methods.base import Phase, PruningMethod
 
@@ -39,30 +40,6 @@ class EpochRecord:
     kept: float | None = None
     accuracy: float | None = None
     seconds: float = 0.0
-
-
-def unpack_batch(batch) -> tuple:
-    """``(inputs, targets)`` from a loader's batch, with a clear error otherwise."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    if isinstance(batch, dict) and {"inputs", "targets"} <= set(batch):
-        return batch["inputs"], batch["targets"]
-    raise TypeError(
-        "the loader must yield (inputs, targets) pairs; got a "
-        f"{type(batch).__name__}" + (f" of length {len(batch)}" if hasattr(batch, "__len__") else "")
-    )
-
-
-def _to(x, device):
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to(t, device) for t in x)
-    return x
-
-
-def _call(model, inputs):
-    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
 
 
 @torch.no_grad()
@@ -140,6 +117,10 @@ class Runner:
             if self.steps_per_epoch is not None and i >= self.steps_per_epoch:
                 return
             yield batch
+
+    def steps_in_epoch(self) -> int | None:
+        """Batches in one epoch (None when the loader has no length)."""
+        return self._n_batches()
 
     def _n_batches(self) -> int | None:
         try:

@@ -76,7 +76,12 @@ ARCHS = {
         64,
         False,
     ),
-    "efficientnet_b0": (lambda: tvm.efficientnet_b0(num_classes=10), lambda m: m.classifier[1], 64, False),
+    "efficientnet_b0": (
+        lambda: tvm.efficientnet_b0(num_classes=10),
+        lambda m: m.classifier[1],
+        64,
+        False,
+    ),
 }
 
 
@@ -131,7 +136,9 @@ def test_parity_pruned_architectures(arch, tmp_path):
     dim0 = sess.get_inputs()[0].shape[0]
     assert isinstance(dim0, str) if dynamic else dim0 == 2
     got = sess.run(None, {"input": x.numpy()})[0]
-    np.testing.assert_allclose(got, ref.numpy(), rtol=0, atol=1e-4 * max(1.0, ref.abs().max().item()))
+    np.testing.assert_allclose(
+        got, ref.numpy(), rtol=0, atol=1e-4 * max(1.0, ref.abs().max().item())
+    )
 
 
 def test_dynamic_batch_from_single_sample(tmp_path):

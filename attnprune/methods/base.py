@@ -131,11 +131,13 @@ class Context:
             model's device (for methods that score with gradients).
         loss_fn: The task loss.
         seed: The run's seed (None: unseeded).
+        steps_per_epoch: Training steps in one epoch, when known.
     """
 
     batches: Callable | None = None
     loss_fn: Callable | None = None
     seed: int | None = None
+    steps_per_epoch: int | None = None
 
 
 @dataclass(frozen=True)

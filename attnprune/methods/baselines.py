@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from .._batch import call_model
 from ..groups import NORM_TYPES
 from .base import Phase, PruningMethod, TrainConfig, register_method
 
@@ -117,7 +118,7 @@ class TaylorMethod(_TPImportanceMethod):
         for i, (x, y) in enumerate(ctx.batches()):
             if i >= self.config.taylor_batches:
                 break
-            ctx.loss_fn(model(x), y).backward()
+            ctx.loss_fn(call_model(model, x), y).backward()
         for m, t in modes.items():
             m.training = t
         base = super().scores()

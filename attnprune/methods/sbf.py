@@ -1,0 +1,66 @@
+"""SbF-Pruner: End-to-End Sensitivity-Based Filter Pruning (Babaiee et al.).
+
+Paper: ``shared/papers/001_d5b427d1b93cb890.txt``. The earlier form of PAAM-vanilla:
+the same attention over filter weights and leaky-exponential scores, but a *fixed*
+threshold of 0.5 decides which filters stay, so the budget is steered through the
+L1 weight ``lam`` only and the ratio reached can differ from the one asked. The
+report gives ``ratio_reached`` and ``ratio_error`` (reached minus requested).
+
+With ``lam=None`` the same controller as PAAM steers ``lam`` during the AN phases
+towards the requested ratio at threshold 0.5; an explicit ``lam`` is used as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..budget import BudgetResult
+from .base import register_method
+from .paam import PAAMConfig, PAAMMethod
+
+__all__ = ["SbFConfig", "SbFMethod"]
+
+
+@dataclass(frozen=True)
+class SbFConfig(PAAMConfig):
+    """PAAM's options, with ``variant`` fixed to ``"vanilla"`` and the threshold to 0.5."""
+
+    variant: str = "vanilla"
+    threshold: float = 0.5
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.variant != "vanilla":
+            raise ValueError(f"sbf uses the vanilla attention only; got variant={self.variant!r}")
+        if not (isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1):
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
+
+
+@register_method("sbf")
+class SbFMethod(PAAMMethod):
+    """SbF-Pruner: vanilla PAAM attention with a fixed 0.5 threshold."""
+
+    config_class = SbFConfig
+
+    def setup(self) -> None:
+        super().setup()
+        self.level = self.config.threshold
+
+    def select(self) -> BudgetResult:
+        masks = []
+        for s in self.scores():
+            m = s >= self.level
+            if not bool(m.any()):  # a group is never emptied: its best channel stays
+                m = s == s.max()
+            masks.append(m)
+        params, macs = self.inst.cost.count(masks)
+        ratio = self.open_ratio(self.scores())
+        return BudgetResult(masks=masks, ratio=ratio, params=params, macs=macs, threshold=self.level)
+
+    def report(self) -> dict:
+        out = super().report()
+        reached = self.open_ratio(self.scores())
+        out.update(threshold=self.level, ratio_reached=reached, ratio_error=reached - self.budget.ratio)
+        return out
