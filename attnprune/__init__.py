@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 from .api import DEFAULT_METHOD, PruneReport, PruneResult, prune
 from .budget import BudgetResult, select_channels
 from .errors import AttnpruneError, BudgetError, EquivalenceError, UnsupportedModelError
+from .importance import LearnedImportance
 from .instrument import Instrumented, instrument
 from .methods import Budget, Context, PruningMethod, available_methods, get_method, register_method
 from .schedule import Runner, TrainingDivergedError, evaluate
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "instrument",
     "Instrumented",
+    "LearnedImportance",
     "select_channels",
     "BudgetResult",
     "Budget",

@@ -86,10 +86,18 @@ class PruneReport:
 
 @dataclass
 class PruneResult:
-    """``model``: the pruned plain ``nn.Module``; ``report``: a :class:`PruneReport`."""
+    """What :func:`prune` returns.
+
+    Attributes:
+        model: The pruned plain ``nn.Module`` (build a new optimizer for it).
+        report: A :class:`PruneReport`.
+        pruning_history: torch-pruning's record of the removal, which
+            :func:`attnprune.io.save` stores so the model reloads from a state dict.
+    """
 
     model: nn.Module
     report: PruneReport
+    pruning_history: list = field(default_factory=list)
 
 
 def _model_device(model: nn.Module):
@@ -242,7 +250,7 @@ def prune(
         method_report=method_report,
     )
     pruned.train(model.training)
-    return PruneResult(model=pruned, report=report)
+    return PruneResult(model=pruned, report=report, pruning_history=inst.pruning_history)
 
 
 def _kept_fraction(inst: Instrumented) -> float:

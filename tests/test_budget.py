@@ -1,0 +1,107 @@
+"""Budget search: ratio met within tolerance on several architectures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import attnprune
+from attnprune.budget import select_channels
+from attnprune.errors import BudgetError
+from attnprune.models import resnet20
+
+from _util import fvcore_counts
+
+ARCHS = {
+    "cifar_resnet20": lambda: (resnet20(in_channels=1), torch.randn(1, 1, 28, 28)),
+    "regnet_x_400mf (grouped)": lambda: (torchvision.models.regnet_x_400mf(), torch.randn(1, 3, 64, 64)),
+    "googlenet (concat)": lambda: (
+        torchvision.models.googlenet(aux_logits=False, init_weights=True), torch.randn(1, 3, 64, 64)
+    ),
+    "mobilenet_v2 (depthwise)": lambda: (torchvision.models.mobilenet_v2(), torch.randn(1, 3, 64, 64)),
+}
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def instrumented(request):
+    model, x = ARCHS[request.param]()
+    inst = attnprune.instrument(model.eval(), x)
+    yield inst
+    inst.remove()
+
+
+def _scores(inst, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(grp.n_channels, generator=g) + 0.01 for grp in inst.groups]
+
+
+@pytest.mark.parametrize("target", ["params", "macs"])
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
+def test_ratio_met_within_one_point(instrumented, target, ratio):
+    inst = instrumented
+    res = select_channels(inst.cost, _scores(inst), ratio, target)
+    assert abs(res.ratio - ratio) <= 0.01
+    params, macs = inst.count(res.masks)  # validates the masks too
+    dense = inst.cost.dense_params if target == "params" else inst.cost.dense_macs
+    assert res.ratio == pytest.approx(1 - (params if target == "params" else macs) / dense)
+    assert all(bool(m.any()) for m in res.masks)
+
+
+def test_round_to_keeps_multiples(instrumented):
+    inst = instrumented
+    res = select_channels(inst.cost, _scores(inst, 1), 0.5, "params", round_to=8)
+    assert abs(res.ratio - 0.5) <= 0.02
+    for g, m in zip(inst.groups, res.masks):
+        kept = int(m.sum())
+        assert kept % 8 == 0 or kept == g.n_channels, (g.name, kept)
+
+
+def test_unreachable_ratio_names_the_largest():
+    model, x = ARCHS["cifar_resnet20"]()
+    inst = attnprune.instrument(model, x)
+    # keeping 16 channels per group leaves the 16-channel stage whole
+    with pytest.raises(BudgetError, match=r"largest reachable ratio is 0\.\d+") as info:
+        select_channels(inst.cost, _scores(inst), 0.9, "params", round_to=16)
+    largest = float(str(info.value).split("largest reachable ratio is ")[1])
+    res = select_channels(inst.cost, _scores(inst), largest, "params", round_to=16)
+    assert abs(res.ratio - largest) <= 0.02
+    inst.remove()
+
+
+def test_higher_scores_are_kept():
+    model, x = ARCHS["cifar_resnet20"]()
+    inst = attnprune.instrument(model, x)
+    scores = _scores(inst)
+    res = select_channels(inst.cost, scores, 0.5, "params", normalize=None)
+    kept = torch.cat([s[m] for s, m in zip(scores, res.masks)])
+    closed = torch.cat([s[~m] for s, m in zip(scores, res.masks)])
+    # one global threshold: every closed channel scores at most every kept one,
+    # except each group's best channel, which always stays
+    best = torch.stack([s.max() for s in scores])
+    assert closed.max() <= res.threshold + 1e-6
+    assert (kept >= res.threshold - 1e-6).sum() + (kept.unsqueeze(1) == best).any(1).sum() >= len(kept)
+    inst.remove()
+
+
+def test_finalized_model_has_the_selected_size():
+    model, x = ARCHS["cifar_resnet20"]()
+    inst = attnprune.instrument(model, x)
+    res = select_channels(inst.cost, _scores(inst), 0.5, "params")
+    inst.set_masks(res.masks)
+    pruned = inst.finalize()
+    params, macs = fvcore_counts(pruned, x)
+    assert params == res.params
+    assert abs(macs - res.macs) <= 0.01 * macs
+
+
+@pytest.mark.parametrize("bad, error", [(0.0, ValueError), (1.0, ValueError), (float("nan"), ValueError),
+                                        (-0.2, ValueError), ("half", TypeError), (True, TypeError)])
+def test_bad_ratio(bad, error):
+    model, x = ARCHS["cifar_resnet20"]()
+    inst = attnprune.instrument(model, x)
+    with pytest.raises(error, match="ratio"):
+        select_channels(inst.cost, _scores(inst), bad)
+    with pytest.raises(ValueError, match="target must be one of"):
+        select_channels(inst.cost, _scores(inst), 0.5, "flops")
+    inst.remove()
