@@ -81,7 +81,7 @@ class ChannelGroup:
 
     Attributes:
         index: Position in :attr:`Instrumented.groups`.
-        name: Qualified name of the root module (the group's first producer).
+        name: Qualified name of the group's first producer in model order.
         n_channels: Number of channels (length of the group's score vector).
         ch_groups: Number of conv groups that must share one keep pattern; a valid
             mask is a pattern of length ``n_channels // ch_groups`` repeated.
@@ -294,6 +294,7 @@ def discover_groups(model: nn.Module, example_inputs, ignored_layers=None) -> Gr
     ignored = _resolve_ignored(model, ignored_layers)
     graph, pools = build_graph(model, args)
     name_of = {m: n for n, m in model.named_modules()}
+    name_to_module = {n: m for m, n in name_of.items()}
     order = {m: i for i, m in enumerate(name_of)}
     output_layers = _find_output_layers(graph, set(name_of))
 
@@ -343,10 +344,11 @@ def discover_groups(model: nn.Module, example_inputs, ignored_layers=None) -> Gr
             continue
         n = len(tg[0].idxs)
         spans.sort(key=lambda s: (order[s.module], s.role))
+        first_producer = next((s.name for s in spans if s.role == "out" and isinstance(s.module, _PRODUCERS)), root_name)
         groups.append(
             ChannelGroup(
                 index=-1,
-                name=root_name,
+                name=first_producer,
                 n_channels=n,
                 ch_groups=_lcm_groups(spans),
                 spans=tuple(spans),
@@ -369,7 +371,7 @@ def discover_groups(model: nn.Module, example_inputs, ignored_layers=None) -> Gr
             + ". attnprune prunes the output channels of Conv/Linear layers that do not "
             "feed the model's output directly."
         )
-    groups.sort(key=lambda g: order[g.root_module])
+    groups.sort(key=lambda g: order[name_to_module[g.name]])
     for i, g in enumerate(groups):
         g.index = i
     gate_points = _place_gates(graph, groups, name_of)

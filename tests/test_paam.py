@@ -1,0 +1,192 @@
+"""PAAM and SbF-Pruner: activation, attention networks, phases, budget, lambda."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import attnprune
+from attnprune.methods import Budget, Context, get_method
+from attnprune.methods.paam import AttentionNet, PAAMMethod, filter_rows, leaky_exp
+from attnprune.models import resnet20
+from attnprune.schedule import Runner
+
+from _util import ResidualNet
+
+
+def test_leaky_exp_values_and_gradients():
+    x = torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0], requires_grad=True)
+    y = leaky_exp(x, slope=0.1)
+    expected = torch.tensor([math.exp(-2), math.exp(-0.5), 1.0, 1.05, 1.3])
+    assert torch.allclose(y, expected)
+    y.sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([math.exp(-2), math.exp(-0.5), 0.1, 0.1, 0.1]))
+    # continuous at 0, positive everywhere, never saturating
+    assert float(leaky_exp(torch.tensor(-1e-6))) == pytest.approx(1.0, abs=1e-5)
+    assert float(leaky_exp(torch.tensor(-50.0))) > 0
+
+
+def _residual_group(inst):
+    return max(inst.groups, key=lambda g: len(g.producers))
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "kq"])
+def test_initial_scores_near_one_with_gradients(variant):
+    torch.manual_seed(0)
+    model = ResidualNet()
+    inst = attnprune.instrument(model, torch.randn(2, 3, 16, 16))
+    method = get_method("paam")(variant=variant)
+    method.attach(inst, Budget(0.5))
+    scores = method.compute_scores()
+    for s in scores:
+        assert ((s - 1).abs() <= 0.05).all()
+    sum(s.sum() for s in scores).backward()
+    for p in method.parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, "no saddle at initialisation"
+    inst.remove()
+
+
+def test_vanilla_and_kq_shapes_on_a_residual_group():
+    model = ResidualNet()
+    inst = attnprune.instrument(model, torch.randn(2, 3, 16, 16))
+    g = _residual_group(inst)
+    assert len(g.producers) >= 2, "a residual group has several producers"
+    rows = filter_rows(g)
+    d_row = sum(s.module.weight[0].numel() for s in g.producers)
+    assert rows.shape == (g.n_channels, d_row)
+    van = AttentionNet(g.n_channels, d_row, "vanilla")
+    assert van.w_f.shape == (g.n_channels * d_row, g.n_channels)
+    kq = AttentionNet(g.n_channels, d_row, "kq", hidden=7)
+    assert kq.w_q.shape == kq.w_k.shape == (d_row, 7)
+    assert van(rows).shape == kq(rows).shape == (g.n_channels,)
+    inst.remove()
+
+
+def test_auto_variant_follows_the_memory_cap():
+    model = ResidualNet()
+    inst = attnprune.instrument(model, torch.randn(2, 3, 16, 16))
+    method = get_method("paam")(variant="auto", vanilla_max_elements=100_000)
+    method.attach(inst, Budget(0.5))
+    for g, v in zip(inst.groups, method.variants):
+        size = g.n_channels ** 2 * filter_rows(g).shape[1]
+        assert v == ("vanilla" if size <= 100_000 else "kq")
+    assert set(method.variants) == {"vanilla", "kq"}
+    inst.remove()
+
+
+def _data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 1, 16, 16, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=g)
+
+
+def _bn_buffers(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def test_each_phase_freezes_the_other_side():
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1)
+    data = _data()
+    inst = attnprune.instrument(model, torch.randn(1, 1, 16, 16))
+    method = get_method("paam")()
+    ctx = Context(batches=lambda: iter(data), loss_fn=nn.functional.cross_entropy, steps_per_epoch=4)
+    method.attach(inst, Budget(0.5), ctx)
+    runner = Runner(loader=data, loss_fn=nn.functional.cross_entropy, progress=False)
+    phases = {p.name: p for p in method.phases()}
+
+    cnn_before = {k: v.clone() for k, v in model.state_dict().items()}
+    an_before = [p.detach().clone() for p in method.parameters()]
+    runner.run(model, phases["an"], method)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in cnn_before.items()), \
+        "AN phase: CNN weights and BN statistics unchanged"
+    assert any(not torch.equal(a, p) for a, p in zip(an_before, method.parameters()))
+    assert inst.mode == "analog"
+
+    cnn_before = {k: v.clone() for k, v in model.state_dict().items()}
+    an_before = [p.detach().clone() for p in method.parameters()]
+    runner.run(model, phases["cnn"], method)
+    assert all(torch.equal(a, p) for a, p in zip(an_before, method.parameters())), "CNN phase: AN unchanged"
+    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in cnn_before.items() if "weight" in k)
+    assert inst.mode == "binary"
+    gate_values = torch.cat([m.float() for m in inst.masks()])
+    assert set(gate_values.unique().tolist()) == {0.0, 1.0}
+    inst.remove()
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "kq"])
+def test_paam_meets_the_budget(variant):
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1)
+    res = attnprune.prune(model, _data(), 0.5, method="paam", variant=variant, progress=False, seed=0)
+    assert abs(res.report.ratio_achieved - 0.5) <= 0.01
+    assert [h.phase for h in res.report.history] == ["warmup", "an", "cnn", "finetune"]
+    rep = res.report.method_report
+    assert rep["lam"] > 0 and set(rep["variants"].values()) == {variant}
+
+
+def test_explicit_lam_is_honoured():
+    model = resnet20(in_channels=1)
+    res = attnprune.prune(model, _data(), 0.5, method="paam", lam=3e-4, progress=False, seed=0)
+    assert res.report.method_report["lam"] == 3e-4
+
+
+def test_mask_update_per_step_changes_masks_during_the_cnn_phase():
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1)
+    res = attnprune.prune(model, _data(), 0.5, method="paam", mask_update="step", progress=False, seed=0)
+    assert abs(res.report.ratio_achieved - 0.5) <= 0.01
+
+
+def test_sbf_end_to_end_reports_its_ratio():
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1)
+    res = attnprune.prune(model, _data(), 0.5, method="sbf", progress=False, seed=0)
+    rep = res.report.method_report
+    assert rep["threshold"] == 0.5
+    assert rep["ratio_reached"] == pytest.approx(res.report.ratio_achieved)
+    assert rep["ratio_error"] == pytest.approx(rep["ratio_reached"] - 0.5)
+    assert res.report.params_after == sum(p.numel() for p in res.model.parameters())
+    with pytest.raises(ValueError, match="vanilla"):
+        attnprune.prune(model, _data(), 0.5, method="sbf", variant="kq", progress=False)
+
+
+def test_lambda_calibration_separates_scores():
+    """On real data, the calibrated lambda drives scores apart around the threshold.
+
+    Few scores end near the budget's threshold, and the accuracy with analog gates is
+    close to the accuracy with the binary gates the budget picks.
+    """
+    data = pytest.importorskip("attnprune.data")
+    try:
+        train, test = data.fashion_mnist_loaders(batch_size=128, train_subset=3072, test_subset=1000, seed=0)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1)
+    inst = attnprune.instrument(model, next(iter(train))[0][:1])
+    loss_fn = nn.functional.cross_entropy
+    method = get_method("paam")(an_epochs=2)
+    method.attach(inst, Budget(0.5), Context(batches=lambda: iter(train), loss_fn=loss_fn,
+                                             steps_per_epoch=len(train)))
+    runner = Runner(loader=train, loss_fn=loss_fn, progress=False)
+    warmup, an = method.phases()[:2]
+    runner.run(model, warmup, method)
+    runner.run(model, an, method)
+    scores = method.scores()
+    sel = method.select()
+    allv = torch.cat(scores)
+    near = float(((allv - sel.threshold).abs() < 0.05).float().mean())
+    assert near < 0.25, f"{near:.0%} of scores lie within 0.05 of the threshold"
+    inst.set_scores(method.compute_scores)
+    inst.mode = "analog"
+    acc_analog = attnprune.evaluate(model, test)
+    inst.set_masks(sel.masks)
+    inst.mode = "binary"
+    acc_binary = attnprune.evaluate(model, test)
+    assert abs(acc_analog - acc_binary) <= 5.0, (acc_analog, acc_binary)
+    inst.remove()
