@@ -1,0 +1,239 @@
+"""Markdown and JSON write-up of a pruning run.
+
+:func:`write_report` fills a folder with ``report.json`` (``PruneReport.to_dict()``),
+the figures of :mod:`attnprune.plots` and ``report.md``: a summary table (method,
+requested and achieved ratio, params and MACs before and after, accuracies), the
+kept channels of every group, the training history, the method's scalar details
+and, when a :class:`attnprune.bench.BenchResult` is given, its latency tables.
+:func:`render_markdown` returns the same Markdown as a string.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .plots import _as_dict, _groups, _umask_mode, plot_kept_channels, plot_score_histogram
+
+__all__ = ["KEPT_PNG", "SCORES_PNG", "render_markdown", "write_report", "read_report"]
+
+KEPT_PNG = "kept_channels.png"
+"""File name of the kept-channels figure in a report folder."""
+
+SCORES_PNG = "score_histogram.png"
+"""File name of the score-histogram figure in a report folder."""
+
+_ACCURACIES = (
+    ("accuracy_before_pruning", "before pruning (after warm-up)"),
+    ("accuracy_at_removal", "right after channel removal"),
+    ("accuracy_after", "after fine-tuning (final)"),
+)
+
+
+def _num(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else "n/a"
+
+
+def _pct(v: Any, digits: int = 1) -> str:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return f"{100 * v:.{digits}f}%"
+    return "n/a"
+
+
+def _change(before: Any, after: Any) -> str:
+    if isinstance(before, int) and isinstance(after, int) and before > 0:
+        return f"{100 * (after - before) / before:+.1f}%"
+    return "n/a"
+
+
+def _cell(v: Any) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return _cell(v)
+
+
+def _bench_markdown(bench: Any) -> str:
+    from .bench import BenchResult
+
+    if isinstance(bench, BenchResult):
+        return bench.to_markdown()
+    if isinstance(bench, Mapping):
+        try:
+            return BenchResult(**bench).to_markdown()
+        except (TypeError, KeyError) as exc:
+            raise ValueError(f"bench must be a BenchResult or its to_dict() form: {exc}") from None
+    raise TypeError(f"bench must be an attnprune.bench.BenchResult or a dict, got {type(bench).__name__}")
+
+
+def render_markdown(report: Any, *, bench: Any = None, images: Mapping[str, str] | None = None) -> str:
+    """Render a report as Markdown.
+
+    Args:
+        report: A :class:`attnprune.PruneReport` or its ``to_dict()`` form.
+        bench: Optional :class:`attnprune.bench.BenchResult` (or its ``to_dict()``
+            form) whose latency tables are appended.
+        images: Optional ``{"kept": file, "scores": file}`` relative paths of the
+            figures to embed; figures not named are left out.
+
+    Returns:
+        The Markdown text (ending with a newline).
+
+    Raises:
+        TypeError: ``report`` or ``bench`` has the wrong type.
+    """
+    rep = _as_dict(report)
+    images = dict(images or {})
+    method = rep.get("method", "?")
+    target = rep.get("target", "params")
+    lines = [
+        f"# attnprune report: {method}",
+        "",
+        "| | Value |",
+        "|:--|--:|",
+        f"| Method | `{_cell(method)}` |",
+        f"| Target | {_cell(target)} |",
+        f"| Ratio requested | {_pct(rep.get('ratio_requested'))} |",
+        f"| Ratio achieved | {_pct(rep.get('ratio_achieved'), 2)} |",
+    ]
+    if rep.get("round_to"):
+        lines.append(f"| Channels rounded to multiples of | {rep['round_to']} |")
+    if isinstance(rep.get("seconds"), (int, float)):
+        lines.append(f"| Wall time | {rep['seconds']:.1f} s |")
+    lines += [
+        "",
+        "| | Before | After | Change |",
+        "|:--|--:|--:|--:|",
+        f"| Params | {_num(rep.get('params_before'))} | {_num(rep.get('params_after'))} | "
+        f"{_change(rep.get('params_before'), rep.get('params_after'))} |",
+        f"| MACs per sample | {_num(rep.get('macs_before'))} | {_num(rep.get('macs_after'))} | "
+        f"{_change(rep.get('macs_before'), rep.get('macs_after'))} |",
+    ]
+    accs = [(label, rep.get(key)) for key, label in _ACCURACIES]
+    if any(isinstance(v, (int, float)) for _, v in accs):
+        lines += ["", "| Top-1 accuracy | % |", "|:--|--:|"]
+        for label, v in accs:
+            lines.append(f"| {label} | {f'{v:.2f}' if isinstance(v, (int, float)) else 'n/a'} |")
+
+    groups = _groups(rep)
+    if groups:
+        kept_all, total_all = sum(k for _, k, _ in groups), sum(t for _, _, t in groups)
+        lines += ["", "## Kept channels per group", ""]
+        if "kept" in images:
+            lines += [f"![Kept vs total channels per group]({images['kept']})", ""]
+        lines += ["| # | Group | Kept | Total | Kept % |", "|--:|:--|--:|--:|--:|"]
+        for i, (name, k, t) in enumerate(groups):
+            lines.append(f"| {i} | `{_cell(name)}` | {k} | {t} | {_pct(k / t if t else None)} |")
+        lines.append(f"| | **all** | **{kept_all}** | **{total_all}** | "
+                     f"**{_pct(kept_all / total_all if total_all else None)}** |")
+
+    mr = rep.get("method_report") or {}
+    if "scores" in images:
+        thr = mr.get("threshold")
+        lines += ["", "## Channel scores", "", f"![Histogram of channel scores]({images['scores']})"]
+        if isinstance(thr, (int, float)) and math.isfinite(thr):
+            lines += ["", f"Final threshold: {thr:.4g}."]
+
+    history = rep.get("history") or []
+    if history:
+        lines += ["", "## Training history", "",
+                  "| Phase | Epoch | Loss | Params kept | Accuracy % | Seconds |",
+                  "|:--|--:|--:|--:|--:|--:|"]
+        for h in history:
+            h = h if isinstance(h, Mapping) else vars(h)
+            loss, acc, sec = h.get("loss"), h.get("accuracy"), h.get("seconds")
+            lines.append(
+                f"| {_cell(h.get('phase'))} | {h.get('epoch')} | "
+                f"{f'{loss:.4f}' if isinstance(loss, (int, float)) else 'n/a'} | {_pct(h.get('kept'))} | "
+                f"{f'{acc:.2f}' if isinstance(acc, (int, float)) else 'n/a'} | "
+                f"{f'{sec:.1f}' if isinstance(sec, (int, float)) else 'n/a'} |"
+            )
+
+    details = []
+    for key, value in mr.items():
+        if key == "scores":
+            continue
+        if value is None or isinstance(value, (bool, int, float, str)):
+            details.append((key, _scalar(value)))
+        elif isinstance(value, Mapping) and all(isinstance(v, (str, int, float, bool)) for v in value.values()):
+            counts = Counter(map(str, value.values()))
+            details.append((key, ", ".join(f"{_cell(v)} ×{n}" for v, n in counts.most_common())))
+    if details:
+        lines += ["", "## Method details", "", "| Key | Value |", "|:--|:--|"]
+        lines += [f"| {_cell(k)} | {v} |" for k, v in details]
+
+    if bench is not None:
+        lines += ["", _bench_markdown(bench).replace("## Benchmark", "## Latency benchmark", 1)]
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_report(path: str | os.PathLike[str]) -> dict:
+    """Read a ``report.json`` written by :func:`write_report`.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: The file is not JSON, or not a report (no ``method``/``groups``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"report file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a JSON file: {exc}") from None
+    if not isinstance(data, dict) or not {"method", "groups"} <= set(data):
+        raise ValueError(f"{path} is not an attnprune report (expected the keys 'method' and 'groups')")
+    return data
+
+
+def write_report(report: Any, folder: str | os.PathLike[str], *, bench: Any = None) -> Path:
+    """Write ``report.json``, the figures and ``report.md`` into ``folder``.
+
+    Args:
+        report: A :class:`attnprune.PruneReport` or its ``to_dict()`` form.
+        folder: Output folder (created if missing). Existing files of the same
+            names are replaced; each file is written atomically.
+        bench: Optional :class:`attnprune.bench.BenchResult` (or its dict) whose
+            latency tables are appended to ``report.md``.
+
+    Returns:
+        The path of ``report.md``.
+
+    Raises:
+        TypeError: ``report`` or ``bench`` has the wrong type.
+    """
+    rep = _as_dict(report)
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"folder must be a directory, got the file {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_text(folder / "report.json", json.dumps(rep, indent=2, default=str) + "\n")
+    images = {}
+    if plot_kept_channels(rep, folder / KEPT_PNG) is not None:
+        images["kept"] = KEPT_PNG
+    if plot_score_histogram(rep, folder / SCORES_PNG) is not None:
+        images["scores"] = SCORES_PNG
+    md = folder / "report.md"
+    _write_text(md, render_markdown(rep, bench=bench, images=images))
+    return md
