@@ -213,12 +213,19 @@ def prune(
                 acc_before = evaluate(work, eval_loader, device)
             if phase is not None:
                 runner.run(work, phase, algo, kept=lambda: _kept_fraction(inst))
-        selection = algo.select()
-        inst.set_masks(selection.masks)
-        inst.mode = "binary"
-        method_report = algo.report()
-        algo.detach()
-        pruned = inst.finalize(verify=True)
+        if getattr(algo, "structured", True):
+            selection = algo.select()
+            inst.set_masks(selection.masks)
+            inst.mode = "binary"
+            method_report = algo.report()
+            algo.detach()
+            pruned = inst.finalize(verify=True)
+        else:  # unstructured (aswl): zeros written into the dense weights, no channel removed
+            selection = algo.finalize_unstructured()
+            method_report = algo.report()
+            algo.detach()
+            inst.remove()
+            pruned = work
     except BaseException:
         algo.detach()
         inst.remove()
@@ -250,7 +257,7 @@ def prune(
         method_report=method_report,
     )
     pruned.train(model.training)
-    return PruneResult(model=pruned, report=report, pruning_history=inst.pruning_history)
+    return PruneResult(model=pruned, report=report, pruning_history=inst.pruning_history or [])
 
 
 def _kept_fraction(inst: Instrumented) -> float:

@@ -1,0 +1,518 @@
+"""ABP: Adding Before Pruning (Tian et al., IEEE TNNLS 2021).
+
+Paper: ``shared/papers/004_e73b1daba089ca39.txt``. An auxiliary attention layer
+holds one real parameter ``m`` per filter; the network only ever sees its binary
+version (eq. 4)::
+
+    a = 1  if |m| > t        a = 0  if |m| <= t
+
+so the forward pass always uses 0/1 gates. Its gradient estimator (eq. 5) is::
+
+    g_m = g_a * 1[|m| <= t]          (g_a = dL/da, passed with its own sign)
+
+i.e. the derivative of the clip ``mu(m) = min(max(m, -t), t)`` that the paper's
+proof (section III-C, ``mu' = 1{-t < x < t}``) substitutes for the zero derivative
+of the step. CNN weights and ``m`` train together in one stage with
+``lr(m) = 0.01 * lr`` (section IV-A), and the closed filters are removed at the end
+without fine-tuning. Here ``a`` multiplies the group's feature maps at the gate
+point (after the norm), so a closed channel emits exact zeros and removing it is
+exact; the paper's Algorithm 1 multiplies the filters *before* BatchNorm, which
+leaves the constant ``BN(0)`` behind.
+
+How the user's ``ratio`` decides ``t`` (``threshold_mode``):
+
+* ``"budget"`` (default): the threshold follows the budget during training. The
+  budget ramps from 0 to ``ratio`` over the first ``ramp_epochs`` of the joint
+  phase; at every step the kept set is the global budget selection
+  (:func:`attnprune.budget.select_channels`, cost-aware, ``round_to`` included) on
+  the scores ``|m|`` (recomputed after every update of ``m``), and each group's
+  ``t`` is the largest closed ``|m|`` of the group, so the kept set is exactly
+  ``{|m| > t}`` and eq. (4)/(5) hold literally
+  (a channel whose keep decision is not a threshold of its own ``|m|`` -- a grouped
+  conv's shared pattern, or a tie -- gets its own ``t``; see
+  ``report()["threshold_exceptions"]``). The gates trained are the gates removed,
+  which keeps the paper's "no fine-tuning" true; ``select()`` returns the
+  selection of the last training step.
+* ``"fixed"``: the paper's fixed threshold, ``t = t0 * max|m|`` per group (eq. 17)
+  or a constant ``threshold``; the ratio is whatever results, reported as
+  ``ratio_reached`` and ``ratio_error``.
+
+Choices where the paper is silent (see ``shared/METHODS.md``):
+
+* **Initialisation.** ``|m|`` starts at each channel's filter L1 norm (summed over
+  the group's producers), normalised to mean 1 per group, when the joint phase
+  starts (after any warm-up): ties are broken by the norms, and at ratio 0 every
+  channel is above ``t``. In fixed mode that would keep every channel forever
+  (under eq. 5 a channel above ``t`` never gets a task gradient, and the pull
+  lowers every ``|m|`` and ``max|m|`` alike), so fixed mode starts from
+  ``m ~ U(0, 2)`` instead (``init``): the channels that start closed compete to
+  return, as in the paper, where ``m`` is randomly initialised.
+* **What moves kept channels.** Under eq. (5) a kept channel (``|m| > t``) gets no
+  task gradient at all; only closed channels get ``g_a``, so they compete to
+  return (the paper's "recoverable" pruning). An L1 pull ``pull * sum|m|`` acts on
+  every channel: kept channels slide down at the rate the optimiser gives the pull,
+  closed channels whose ``-g_a`` exceeds the pull climb back over them, the others
+  sink. ``pull=0`` leaves the kept set to the budget ramp alone.
+* **ReLU at 0.** A closed channel is exactly 0 after the gate, and PyTorch's
+  ``relu'(0) = 0`` stops the gradient before it reaches the gate, so eq. (5) would
+  give ``g_a = 0`` to every closed channel that a ReLU follows (all but residual
+  streams; measured: exactly 0). The paper gates before BatchNorm, where a closed
+  channel emits ``BN(0) = beta`` and the gradient flows. During the joint phase
+  ReLU therefore passes the gradient at exactly 0 (``relu'(0) := 1``, values
+  unchanged; :class:`ReluPassAtZero`, ``relu_pass=True``), so
+  ``g_a = sum(dL/d relu_out * u)`` over the channel's positions, ``u`` the
+  ungated output.
+* **m >= 0.** Eq. (5) passes ``g_a`` without ``sign(m)``, i.e. it treats ``a`` as
+  increasing in ``m``; that is consistent only for ``m >= 0``: a closed channel
+  with ``g_a > 0`` would walk through ``-t`` and reopen with ``|m| > t``. ``m`` is
+  therefore projected onto ``m >= 0`` after every step (``nonneg=True``), so
+  ``|m| = m``.
+* **Optimiser of m.** Adam (``m_optimizer``): with SGD at ``0.01 * lr = 5e-4`` and
+  task gradients ``|g_a|`` of about 1e-2 (measured below), ``m`` (scale 1) would
+  move by about 5e-6 per step and no decision would change on a CPU-sized
+  schedule; Adam moves it by about ``0.01 * lr`` per step. ``m_optimizer="sgd"`` is
+  the paper's. The pull (default 1e-3) is well under ``|g_a|``, so it decides the
+  fate of closed channels only where the task gradient is near zero.
+* **Estimator.** ``ste="paper"`` is eq. (5). ``ste="clipped"`` is the
+  BinaryConnect-style clipped straight-through estimator (Courbariaux et al. 2015:
+  forward the binary value, pass ``g_m = g_a * 1[|m| <= clip]``): with ``clip``
+  above the initial scale (mean 1), kept channels also receive the task gradient,
+  so a kept channel the loss would rather close is pushed below ``t`` by the task,
+  not only by the pull.
+
+Default estimator, and the measurement behind it (``ste="paper"``). ResNet-20
+from scratch on 2,000 Fashion-MNIST images (batch 64), 3 joint epochs with the
+budget ramping over 2, ratio 0.5 of params, no fine-tuning; test accuracy on
+1,000 images right after removal, seeds 0/1/2, CPU. "Flips": channels that
+changed side at the full budget (after the ramp, 32 steps); mean ``|g_a|`` of
+closed channels about 0.013 in every run (with ``relu_pass=False`` it is exactly 0,
+and no decision ever changes).
+
+==========================  =====================  ===========  ======
+setting                     accuracy (seeds)       mean         flips
+==========================  =====================  ===========  ======
+paper, lr(m) = 0.01 lr      71.2 / 71.7 / 73.0     72.0         47/24/25
+clipped, lr(m) = 0.01 lr    72.5 / 72.6 / 70.0     71.7         15/2/2
+m frozen (L1 init only)     72.0 / 71.0 / 71.3     71.4         0
+paper, lr(m) = 0.1 lr       69.6 / 62.2 / 71.7     67.8         ~210
+clipped, lr(m) = 0.1 lr     73.3 / 74.0 / 74.5     73.9         ~50
+==========================  =====================  ===========  ======
+
+At the paper's ``lr(m) = 0.01 * lr`` the two estimators (and a frozen ``m``) are
+within seed noise on a CPU-sized schedule, so the default is the paper's eq. (5).
+When ``m`` moves faster, eq. (5) churns: kept channels get no task gradient and
+all slide down with the pull, closed ones climb past them and are swapped in with
+weights that decayed while closed; the clipped estimator lets the task hold useful
+kept channels up. Use ``ste="clipped"`` with a larger ``m_lr_factor``.
+(Flips are ``report()["changes_at_full_budget"]``.)
+
+Scores (``scores()``, also for :class:`attnprune.LearnedImportance`): ``|m|``, on one
+scale across groups (``normalize = None``); the budget selection on them is the
+kept set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from ..budget import BudgetResult, select_channels
+from ..groups import ChannelGroup
+from .base import Phase, PruningMethod, TrainConfig, register_method
+
+__all__ = ["ABPConfig", "ABPMethod", "BinaryGate", "ReluPassAtZero", "binary_gate", "filter_l1"]
+
+ESTIMATORS = ("paper", "clipped")
+THRESHOLD_MODES = ("budget", "fixed")
+M_OPTIMIZERS = ("adam", "sgd")
+INITS = (None, "l1", "uniform")
+
+
+class BinaryGate(torch.autograd.Function):
+    """``a = 1[|m| > t]`` forward; ``g_m = g_a * 1[|m| <= bound]`` backward (eq. 4, 5).
+
+    ``t`` and ``bound`` are tensors broadcastable to ``m`` (no gradient). With
+    ``bound = t`` the backward is the paper's estimator (eq. 5); a constant
+    ``bound`` is the clipped straight-through estimator.
+    """
+
+    @staticmethod
+    def forward(ctx, m: torch.Tensor, t: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(m, bound)
+        return (m.abs() > t).to(m.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        m, bound = ctx.saved_tensors
+        return grad * (m.abs() <= bound).to(grad.dtype), None, None
+
+
+def binary_gate(m: torch.Tensor, t, bound=None) -> torch.Tensor:
+    """ABP's binary attention: ``1[|m| > t]`` with gradient ``g_a * 1[|m| <= bound]``.
+
+    Args:
+        m: Auxiliary parameters.
+        t: Threshold (scalar or per-entry tensor).
+        bound: Where the estimator passes the gradient; default ``t`` (eq. 5).
+    """
+    t = torch.as_tensor(t, dtype=m.dtype, device=m.device).detach()
+    bound = t if bound is None else torch.as_tensor(bound, dtype=m.dtype, device=m.device).detach()
+    return BinaryGate.apply(m, t.expand_as(m), bound.expand_as(m))
+
+
+_RELUS = (torch.relu, torch.relu_, F.relu, F.relu6, torch.Tensor.relu, torch.Tensor.relu_)
+
+
+class ReluPassAtZero(TorchFunctionMode):
+    """While active, ReLU (and ReLU6 / hardtanh with ``min_val=0``) passes the
+    gradient at inputs that are exactly 0: ``relu'(0) := 1``. Values are unchanged.
+
+    A closed gate makes its channel exactly 0, and PyTorch's ``relu'(0) = 0``
+    would then stop every gradient before it reaches the gate: eq. (5) would give
+    closed channels ``g_a = 0`` wherever a ReLU follows the gate. In the paper's
+    placement (mask before BatchNorm) a closed channel emits ``BN(0) = beta`` and
+    the gradient flows; here the straight-through convention at exactly 0 (reached
+    in practice only by closed channels) restores it. In-place variants run out of
+    place.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELUS or (func is F.hardtanh and _hardtanh_min(args, kwargs) == 0):
+            x = args[0]
+            if func is F.hardtanh:
+                max_val = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+                out = F.hardtanh(x, 0.0, max_val)
+            elif func is F.relu6:
+                out = F.relu6(x)
+            else:
+                out = torch.relu(x)
+            if isinstance(x, torch.Tensor) and x.requires_grad:
+                out = out + (x - x.detach()) * (x == 0).to(x.dtype)
+            return out
+        return func(*args, **kwargs)
+
+
+def _hardtanh_min(args, kwargs):
+    return args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+
+
+@torch.no_grad()
+def filter_l1(group: ChannelGroup) -> torch.Tensor:
+    """L1 norm of each channel's filters, summed over the group's producers (root order)."""
+    out = torch.zeros(group.n_channels)
+    for span in group.producers:
+        w = span.module.weight.detach()
+        if isinstance(span.module, nn.modules.conv._ConvNd) and span.module.transposed:
+            w = w.transpose(0, 1)
+        out.index_add_(0, span.root, w[span.local].flatten(1).abs().sum(1).float().cpu())
+    return out
+
+
+def _thresholds(absm: torch.Tensor, keep: torch.Tensor, t: float) -> tuple[torch.Tensor, int]:
+    """Per-channel ``t`` so that ``keep == (|m| > t)`` holds channel by channel.
+
+    Channels whose decision ``t`` (the group's threshold) already gives keep ``t``;
+    the others (shared grouped-conv patterns, ties) get a threshold of their own
+    just below (kept) or at (closed) their ``|m|``. Returns the thresholds and the
+    number of such exceptions.
+    """
+    th = torch.full_like(absm, t)
+    low = keep & (absm <= th)
+    high = ~keep & (absm > th)
+    th[low] = torch.nextafter(absm[low], torch.full_like(absm[low], -math.inf))
+    th[high] = absm[high]
+    return th, int(low.sum() + high.sum())
+
+
+@dataclass(frozen=True)
+class ABPConfig(TrainConfig):
+    """Options of ABP (defaults: one-stage training from scratch, no fine-tuning).
+
+    Attributes:
+        joint_epochs: Epochs of the one-stage joint training of CNN and ``m``.
+        ramp_epochs: Epochs over which the budget ramps from 0 to ``ratio``
+            (``threshold_mode="budget"``); at most ``joint_epochs`` is sensible.
+        ste: ``"paper"`` (eq. 5, ``g_m = g_a * 1[|m| <= t]``) or ``"clipped"``
+            (``g_m = g_a * 1[|m| <= clip]``).
+        clip: Bound of the clipped estimator, in units of the initial ``|m|``
+            (group mean 1).
+        pull: Weight of the L1 pull ``pull * sum|m|`` (what moves kept channels).
+        m_lr_factor: Learning rate of ``m`` relative to ``lr`` (paper: 0.01).
+        m_optimizer: ``"adam"`` or ``"sgd"`` for ``m``.
+        nonneg: Project ``m`` onto ``m >= 0`` after each step.
+        threshold_mode: ``"budget"`` (``ratio`` decides) or ``"fixed"`` (paper's t).
+        t0: Fixed mode: ``t = t0 * max|m|`` per group (eq. 17).
+        threshold: Fixed mode: a constant ``t`` instead (overrides ``t0``).
+        init: ``"l1"`` (``|m|`` = filter L1 norms, mean 1 per group) or
+            ``"uniform"`` (``m ~ U(0, 2)``, seeded, so about ``t0`` of each group
+            starts closed in fixed mode); None: ``"l1"`` in budget mode,
+            ``"uniform"`` in fixed mode.
+        relu_pass: During the joint phase, let ReLU pass gradients at exactly 0
+            (:class:`ReluPassAtZero`) so closed channels receive ``g_a``.
+    """
+
+    warmup_epochs: int = 0
+    finetune_epochs: int = 0
+    joint_epochs: int = 3
+    ramp_epochs: int = 2
+    ste: str = "paper"
+    clip: float = 2.0
+    pull: float = 1e-3
+    m_lr_factor: float = 0.01
+    m_optimizer: str = "adam"
+    nonneg: bool = True
+    threshold_mode: str = "budget"
+    t0: float = 0.5
+    threshold: float | None = None
+    init: str | None = None
+    relu_pass: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.ste not in ESTIMATORS:
+            raise ValueError(f"ste must be one of {ESTIMATORS}, got {self.ste!r}")
+        if self.threshold_mode not in THRESHOLD_MODES:
+            raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}, got {self.threshold_mode!r}")
+        if self.m_optimizer not in M_OPTIMIZERS:
+            raise ValueError(f"m_optimizer must be one of {M_OPTIMIZERS}, got {self.m_optimizer!r}")
+        for name in ("clip", "m_lr_factor"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"{name} must be a number > 0, got {v!r}")
+        if isinstance(self.pull, bool) or not isinstance(self.pull, (int, float)) or not self.pull >= 0:
+            raise ValueError(f"pull must be a number >= 0, got {self.pull!r}")
+        if isinstance(self.t0, bool) or not isinstance(self.t0, (int, float)) or not 0 < self.t0 < 1:
+            raise ValueError(f"t0 must be in (0, 1), got {self.t0!r}")
+        if self.threshold is not None and (
+            isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not self.threshold > 0
+        ):
+            raise ValueError(f"threshold must be None or a number > 0, got {self.threshold!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        for name in ("nonneg", "relu_pass"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+
+@register_method("abp")
+class ABPMethod(PruningMethod):
+    """ABP (Tian et al. 2021): binary auxiliary attention per channel, one-stage training."""
+
+    config_class = ABPConfig
+    normalize = None  # |m| starts at mean 1 in every group and trains on that scale
+
+    def setup(self) -> None:
+        device = next(iter(self.inst.model.parameters())).device
+        self.m = nn.ParameterList([nn.Parameter(torch.ones(g.n_channels, device=device)) for g in self.inst.groups])
+        self.initialized = False
+        self.step = 0  # steps of the joint phase so far
+        self.ramp_steps = 0
+        self.current_ratio = 0.0
+        self._t = [torch.zeros(g.n_channels, device=device) for g in self.inst.groups]  # budget mode
+        self.group_t = [float("nan")] * len(self.inst.groups)
+        self._selection: BudgetResult | None = None  # last budget selection used in training
+        self._selection_ratio: float | None = None
+        self._initial_masks: list[torch.Tensor] | None = None  # at the end of the ramp
+        self.exceptions = 0
+        self.changes = 0  # channels that changed side between steps at the full budget
+        self._modes: list = []
+        b = self.budget
+        if b.ratio and self.config.threshold_mode == "budget":  # an unreachable ratio fails now, not at the end
+            select_channels(self.inst.cost, [torch.ones(g.n_channels) for g in self.inst.groups], b.ratio,
+                            b.target, round_to=b.round_to, normalize=None)
+        if self.config.relu_pass:
+            model = self.inst.model
+            self.handles.append(model.register_forward_pre_hook(self._enter_relu_pass))
+            self.handles.append(model.register_forward_hook(self._exit_relu_pass, always_call=True))
+
+    def _enter_relu_pass(self, module, args):
+        active = self.inst.mode == "analog" and module.training and torch.is_grad_enabled()
+        mode = ReluPassAtZero() if active else None
+        if mode is not None:
+            mode.__enter__()
+        self._modes.append(mode)
+
+    def _exit_relu_pass(self, module, args, output):
+        mode = self._modes.pop() if self._modes else None
+        if mode is not None:
+            mode.__exit__(None, None, None)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.m)
+
+    @property
+    def init(self) -> str:
+        c = self.config
+        return c.init or ("l1" if c.threshold_mode == "budget" else "uniform")
+
+    @torch.no_grad()
+    def init_m(self) -> None:
+        """Initial ``m`` (see ``ABPConfig.init``); both have mean 1 per group."""
+        gen = torch.Generator().manual_seed(self.context.seed or 0)
+        for p, g in zip(self.m, self.inst.groups):
+            if self.init == "uniform":
+                value = 2 * torch.rand(g.n_channels, generator=gen)
+            else:
+                norms = filter_l1(g)
+                mean = float(norms.mean())
+                value = norms / mean if mean > 0 else torch.ones_like(norms)
+            p.copy_(value.to(p.device, p.dtype))
+        self.initialized = True
+
+    # -- gates ------------------------------------------------------------------
+    def _bound(self, t: torch.Tensor) -> torch.Tensor:
+        if self.config.ste == "clipped":
+            return torch.full_like(t, float(self.config.clip))
+        return t
+
+    def fixed_thresholds(self) -> list[torch.Tensor]:
+        """Per-channel thresholds of ``threshold_mode="fixed"`` (no group is emptied)."""
+        c = self.config
+        out = []
+        exceptions = 0
+        for p, g in zip(self.m, self.inst.groups):
+            absm = p.detach().abs()
+            t = float(c.threshold) if c.threshold is not None else float(c.t0 * absm.max())
+            units = absm.view(g.ch_groups, -1).mean(0)
+            keep_u = units > t
+            if not bool(keep_u.any()):
+                keep_u = units == units.max()
+            th, k = _thresholds(absm, keep_u.repeat(g.ch_groups), t)
+            exceptions += k
+            out.append(th)
+        self.exceptions = exceptions
+        return out
+
+    def _gate_values(self) -> list[torch.Tensor]:
+        # called by the gates once per forward
+        thresholds = self.fixed_thresholds() if self.config.threshold_mode == "fixed" else self._t
+        return [binary_gate(p, t, self._bound(t)) for p, t in zip(self.m, thresholds)]
+
+    def masks(self) -> list[torch.Tensor]:
+        """The current keep-masks (what the binary gates are now)."""
+        with torch.no_grad():
+            return [v.detach().cpu() > 0.5 for v in self._gate_values()]
+
+    # -- schedule ---------------------------------------------------------------
+    def phases(self, pretrained: bool = False) -> list[Phase]:
+        c = self.config
+        out = super().phases(pretrained)
+        out.append(self.cnn_phase("joint", c.joint_epochs, gates="analog", train_method=True,
+                                  method_lr=c.lr * c.m_lr_factor, method_optimizer=c.m_optimizer))
+        return out
+
+    def start_phase(self, phase: Phase) -> None:
+        if phase.gates == "analog":
+            if not self.initialized:
+                self.init_m()
+            steps = self.context.steps_per_epoch or 1
+            self.ramp_steps = self.config.ramp_epochs * steps
+            if self.config.threshold_mode == "budget":
+                self.update_budget_gates()
+            self.inst.set_scores(self._gate_values)
+        self.inst.mode = phase.gates
+
+    def ratio_at(self, step: int) -> float:
+        """The budget in force at joint-phase step ``step`` (linear ramp from 0)."""
+        if self.ramp_steps <= 0:
+            return self.budget.ratio
+        return self.budget.ratio * min(1.0, step / self.ramp_steps)
+
+    @torch.no_grad()
+    def update_budget_gates(self) -> None:
+        """Kept set = budget selection on ``|m|`` at the current ratio; ``t`` = its boundary."""
+        b = self.budget
+        ratio = self.ratio_at(self.step)
+        self.current_ratio = ratio
+        scores = self.scores()
+        if ratio <= 0:
+            masks = [torch.ones(g.n_channels, dtype=torch.bool) for g in self.inst.groups]
+            params, macs = self.inst.cost.count(masks)
+            sel = BudgetResult(masks, 0.0, params, macs, float("-inf"))
+        else:
+            sel = select_channels(self.inst.cost, scores, ratio, b.target, round_to=b.round_to, normalize=None)
+        exceptions = 0
+        for i, (s, keep) in enumerate(zip(scores, sel.masks)):
+            closed = s[~keep]
+            t = float(closed.max()) if closed.numel() else -1.0
+            th, k = _thresholds(s, keep, t)
+            exceptions += k
+            self._t[i] = th.to(self._t[i].device)
+            self.group_t[i] = t
+        self.exceptions = exceptions
+        if ratio == b.ratio:
+            if self._initial_masks is None:
+                self._initial_masks = [m.clone() for m in sel.masks]
+            elif self._selection is not None:
+                self.changes += sum(int((m != o).sum()) for m, o in zip(sel.masks, self._selection.masks))
+        self._selection, self._selection_ratio = sel, ratio
+
+    def regularizer(self, phase: Phase):
+        if phase.gates != "analog" or not self.config.pull:
+            return None
+        return self.config.pull * sum(p.abs().sum() for p in self.m)
+
+    def after_step(self, phase: Phase, step: int) -> None:
+        if phase.gates != "analog":
+            return
+        self.step += 1
+        if self.config.nonneg:
+            with torch.no_grad():
+                for p in self.m:
+                    p.clamp_(min=0.0)
+        if self.config.threshold_mode == "budget":
+            # right after m moved, so every forward sees the selection of the current |m|
+            self.update_budget_gates()
+
+    # -- results ----------------------------------------------------------------
+    @torch.no_grad()
+    def scores(self) -> list[torch.Tensor]:
+        """``|m|`` per channel (higher = keep); on one scale across groups."""
+        return [p.detach().abs().float().cpu() for p in self.m]
+
+    def select(self) -> BudgetResult:
+        b = self.budget
+        if self.config.threshold_mode == "fixed":
+            masks = self.masks()
+            params, macs = self.inst.cost.count(masks)
+            dense = self.inst.cost.dense_params if b.target == "params" else self.inst.cost.dense_macs
+            ratio = 1.0 - (params if b.target == "params" else macs) / dense
+            return BudgetResult(masks=masks, ratio=ratio, params=params, macs=macs, threshold=float("nan"))
+        if self._selection is not None and self._selection_ratio == b.ratio:
+            return self._selection  # the gates the network was trained with
+        return select_channels(self.inst.cost, self.scores(), b.ratio, b.target,
+                               round_to=b.round_to, normalize=None)
+
+    def report(self) -> dict:
+        c = self.config
+        out = {
+            "ste": c.ste,
+            "threshold_mode": c.threshold_mode,
+            "threshold_exceptions": self.exceptions,
+            "joint_steps": self.step,
+            "scores": [s.tolist() for s in self.scores()],
+        }
+        if c.threshold_mode == "budget":
+            out["changes_at_full_budget"] = self.changes
+            if self._initial_masks is not None and self._selection is not None:
+                out["changed_since_ramp"] = sum(
+                    int((m != o).sum()) for m, o in zip(self._selection.masks, self._initial_masks))
+            out["final_ratio_in_training"] = self.current_ratio
+            out["thresholds"] = list(self.group_t)
+        else:
+            sel = self.select()
+            out["thresholds"] = [float(t.max()) for t in self.fixed_thresholds()]
+            out["ratio_reached"] = sel.ratio
+            out["ratio_error"] = sel.ratio - self.budget.ratio
+        return out
+
+    def detach(self) -> None:
+        super().detach()
+        if self.inst is not None and self.inst._state == "active" and self.inst.mode == "analog":
+            self.inst.mode = "off"

@@ -1,0 +1,211 @@
+"""ABP (Tian et al. 2021): binary gates, the eq. (5) estimator, budget-following threshold."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import attnprune
+import attnprune.methods.abp  # noqa: F401  (registration, before methods/__init__ imports it)
+from attnprune.instrument import outputs_close
+from attnprune.methods.abp import ABPMethod, ReluPassAtZero, binary_gate
+from attnprune.methods.base import Budget, Context
+from attnprune.models import resnet20
+from attnprune.schedule import Runner
+
+from _util import ResidualNet, count_hooks, fvcore_counts
+
+FAST = dict(joint_epochs=2, ramp_epochs=1, progress=False, seed=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """One intra-op thread: faster than two on a shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _loader(shape, n=64, batch=16, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch)
+
+
+ARCHS = {
+    "resnet20": (lambda: resnet20(in_channels=1), (1, 28, 28)),
+    "residual": (ResidualNet, (3, 16, 16)),
+}
+
+
+def test_registered():
+    assert "abp" in attnprune.available_methods()
+
+
+def test_estimator_is_eq5_on_a_toy_tensor():
+    m = torch.tensor([-2.0, -0.5, 0.0, 0.3, 0.6, 0.7, 1.5], requires_grad=True)
+    g = torch.tensor([0.3, -1.0, 2.0, -0.5, 0.25, 4.0, -3.0])
+    t = 0.6
+    a = binary_gate(m, t)
+    assert a.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]  # 1[|m| > t], eq. (4)
+    a.backward(g)
+    assert torch.equal(m.grad, g * (m.detach().abs() <= t).float())  # g_a * 1[|m| <= t], eq. (5)
+    # clipped straight-through: g_a * 1[|m| <= clip]
+    m.grad = None
+    binary_gate(m, t, bound=1.0).backward(g)
+    assert torch.equal(m.grad, g * (m.detach().abs() <= 1.0).float())
+    # per-channel thresholds broadcast
+    m.grad = None
+    th = torch.tensor([3.0, 0.1, 0.1, 0.1, 0.1, 0.1, 2.0])
+    a = binary_gate(m, th)
+    assert a.tolist() == [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+    a.backward(g)
+    assert torch.equal(m.grad, g * (m.detach().abs() <= th).float())
+
+
+def test_relu_pass_at_zero_keeps_values_and_passes_gradient():
+    x = torch.tensor([-1.0, 0.0, 2.0], requires_grad=True)
+    for f in (torch.relu, nn.ReLU(), nn.ReLU(inplace=True), nn.ReLU6(), lambda t: t.relu()):
+        x.grad = None
+        with ReluPassAtZero():
+            y = f(x * 1.0)
+        y.sum().backward()
+        assert y.tolist() == [0.0, 0.0, 2.0]
+        assert x.grad.tolist() == [0.0, 1.0, 1.0]
+
+
+def _attached(model, x, ratio=0.5, **options):
+    inst = attnprune.instrument(model, x)
+    algo = ABPMethod(**options)
+    loader = _loader(tuple(x.shape[1:]))
+    runner = Runner(loader=loader, loss_fn=nn.functional.cross_entropy, progress=False)
+    algo.attach(inst, Budget(ratio), Context(steps_per_epoch=runner.steps_in_epoch()))
+    return inst, algo, runner
+
+
+def test_forward_uses_binary_gates_and_closed_channels_get_gradient():
+    torch.manual_seed(0)
+    model = ResidualNet()
+    x = torch.randn(16, 3, 16, 16)
+    inst, algo, runner = _attached(model, x, ramp_epochs=0)
+    joint = algo.phases()[-1]
+    assert joint.name == "joint" and joint.train_model and joint.train_method
+    assert joint.method_lr == pytest.approx(0.01 * algo.config.lr)
+    algo.start_phase(joint)
+    values = algo._gate_values()
+    flat = torch.cat([v.detach() for v in values])
+    assert bool(((flat == 0) | (flat == 1)).all()) and bool((flat == 0).any())
+    # the gate point's output is exactly zero on closed channels
+    seen = {}
+    bn = model.a[0][1]  # 'a.0.1': the BN after the first conv of block a (its own group)
+
+    def record(module, inputs, output):
+        seen["out"] = output.detach()  # returns None: the output is left as it is
+
+    handle = bn.register_forward_hook(record)
+    model.train()
+    loss = nn.functional.cross_entropy(model(x), torch.randint(0, 10, (16,)))
+    handle.remove()
+    gi = next(g.index for g in inst.groups if "a.0.1" in g.gate_names)
+    closed = ~algo.masks()[gi]
+    assert bool(closed.any())
+    assert bool((seen["out"][:, closed] == 0).all())
+    loss.backward()
+    grads = algo.m[gi].grad
+    assert bool((grads[~closed] == 0).all())  # eq. (5): kept channels get nothing
+    assert bool((grads[closed] != 0).any())  # closed ones do (through ReLU at 0)
+    algo.detach()
+    inst.remove()
+    assert count_hooks(model) == 0
+
+
+@pytest.mark.parametrize("arch, ste", [("resnet20", "paper"), ("residual", "paper"), ("residual", "clipped")])
+def test_budget_met_and_model_shrinks(arch, ste):
+    build, shape = ARCHS[arch]
+    torch.manual_seed(0)
+    model = build()
+    r = attnprune.prune(model, _loader(shape), 0.5, method="abp", ste=ste, **FAST)
+    rep = r.report
+    assert abs(rep.ratio_achieved - 0.5) <= 0.01
+    params, _ = fvcore_counts(r.model, torch.randn(2, *shape))
+    assert params == rep.params_after
+    assert abs(1 - params / rep.params_before - 0.5) <= 0.01
+    assert count_hooks(r.model) == 0
+    assert rep.method_report["final_ratio_in_training"] == 0.5
+    assert rep.method_report["threshold_exceptions"] == 0
+    assert not any(h.phase == "finetune" for h in rep.history)  # no fine-tuning by default
+
+
+def test_trained_gates_are_removed_and_gated_equals_pruned():
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1)
+    x = torch.randn(8, 1, 28, 28)
+    inst, algo, runner = _attached(model, x, joint_epochs=2, ramp_epochs=1)
+    for phase in algo.phases():
+        runner.run(model, phase, algo)
+    sel = algo.select()
+    assert abs(sel.ratio - 0.5) <= 0.01
+    # the binary gates in force at the end of training are the ones removed
+    assert all(torch.equal(a, b) for a, b in zip(algo.masks(), sel.masks))
+    model.eval()
+    with torch.no_grad():
+        trained = model(x)
+    inst.set_masks(sel.masks)
+    inst.mode = "binary"
+    with torch.no_grad():
+        gated = model(x)
+    assert outputs_close(trained, gated, 1e-6)[0]
+    algo.detach()
+    pruned = inst.finalize(verify=False)
+    with torch.no_grad():
+        out = pruned(x)
+    ok, err = outputs_close(gated, out, 1e-4)
+    assert ok, err
+    assert count_hooks(pruned) == 0
+
+
+def test_fixed_threshold_reports_the_ratio_reached():
+    torch.manual_seed(0)
+    r = attnprune.prune(ResidualNet(), _loader((3, 16, 16)), 0.5, method="abp", threshold_mode="fixed", t0=0.5, **FAST)
+    mr = r.report.method_report
+    assert mr["threshold_mode"] == "fixed"
+    assert mr["ratio_reached"] == pytest.approx(r.report.ratio_achieved)
+    assert mr["ratio_error"] == pytest.approx(r.report.ratio_achieved - 0.5)
+    assert 0 < r.report.ratio_achieved < 1
+
+
+def test_learned_importance_serves_abs_m():
+    torch.manual_seed(0)
+    model = ResidualNet()
+    inst, algo, _ = _attached(model, torch.randn(4, 3, 16, 16))
+    algo.start_phase(algo.phases()[-1])
+    imp = attnprune.LearnedImportance(algo)
+    assert algo.normalize is None
+    g = inst.groups[1]
+    tp_group = inst.graph.get_pruning_group(g.root_module, g.root_fn, list(range(g.n_channels)))
+    assert torch.allclose(imp(tp_group), algo.m[1].detach().abs())
+    assert algo.m[1].detach().mean().item() == pytest.approx(1.0, rel=1e-5)  # L1 init, mean 1
+    algo.detach()
+    inst.remove()
+
+
+def test_unreachable_ratio_fails_before_training():
+    with pytest.raises(attnprune.BudgetError, match="largest reachable"):
+        # with round_to=8 every group keeps at least 8 channels: 95% is out of reach
+        attnprune.prune(ResidualNet(), _loader((3, 16, 16)), 0.95, method="abp", round_to=8, **FAST)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(ste="sign"), "ste must be one of"),
+    (dict(threshold_mode="auto"), "threshold_mode must be one of"),
+    (dict(t0=1.5), "t0 must be in"),
+    (dict(pull=-1), "pull must be"),
+    (dict(nonsense=1), "valid options"),
+])
+def test_bad_options(bad, match):
+    with pytest.raises(ValueError, match=match):
+        ABPMethod(**bad)

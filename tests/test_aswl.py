@@ -1,0 +1,213 @@
+"""ASWL (He, Shi, Dong): unstructured layer-attention pruning, and its structured variant."""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+from torch.utils.data import DataLoader, TensorDataset
+
+import attnprune
+import attnprune.methods.aswl  # noqa: F401  (registration, before methods/__init__ imports it)
+from attnprune.instrument import outputs_close
+from attnprune.methods.aswl import ASWLMethod, ASWLStructuredMethod, layer_ratios
+from attnprune.methods.base import Budget, Context
+from attnprune.models import resnet20
+from attnprune.schedule import Runner
+
+from _util import MLP, BiasNoNormNet, ResidualNet, count_hooks, fvcore_counts
+
+FAST = dict(joint_epochs=2, ramp_epochs=1, progress=False, seed=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """One intra-op thread: faster than two on a shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _loader(shape, n=64, batch=16, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch)
+
+
+ARCHS = {
+    "resnet20": (lambda: resnet20(in_channels=1), (1, 28, 28)),
+    "residual": (ResidualNet, (3, 16, 16)),
+}
+
+
+def _zeros(model):
+    return sum(int((p == 0).sum()) for p in model.parameters()), sum(p.numel() for p in model.parameters())
+
+
+def test_registered():
+    assert {"aswl", "aswl-structured"} <= set(attnprune.available_methods())
+
+
+def test_layer_ratio_formula():
+    a = torch.tensor([0.5, 0.9, 0.01], requires_grad=True)
+    p = layer_ratios(a, 1.5)
+    assert torch.allclose(p, torch.tensor([0.75, 0.15, 0.99]))  # min(0.99, beta * (1 - a))
+    p.sum().backward()
+    assert a.grad.tolist() == [-1.5, -1.5, 0.0]  # capped layers get no gradient
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "bias_no_norm"])
+def test_unstructured_zeros_are_the_reported_sparsity_and_nothing_remains(arch):
+    if arch == "resnet20":
+        build, shape = ARCHS["resnet20"]
+    else:
+        build, shape = BiasNoNormNet, (3, 16, 16)
+    torch.manual_seed(0)
+    model = build()
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    r = attnprune.prune(model, _loader(shape), 0.5, method="aswl", **FAST)
+    rep = r.report
+    zeros, total = _zeros(r.model)
+    assert abs(rep.ratio_achieved - 0.5) <= 0.01
+    assert rep.ratio_achieved == zeros / total  # exact zeros in .model
+    assert rep.params_after == total - zeros  # nonzero count, not a smaller model
+    assert rep.method_report["nonzero_params"] == total - zeros
+    assert rep.method_report["sparsity"] == rep.ratio_achieved
+    assert "nonzero" in rep.method_report["note"]
+    assert {n: tuple(p.shape) for n, p in r.model.named_parameters()} == shapes  # same dense shapes
+    assert count_hooks(r.model) == 0
+    for m in r.model.modules():
+        assert not parametrize.is_parametrized(m)
+        assert "parametrizations" not in m._modules
+        assert not type(m).__name__.startswith("Parametrized")  # the class parametrize injects is gone
+    # the model's own weights hold the zeros (no mask left anywhere)
+    conv_zeros = sum(int((m.weight == 0).sum()) for m in r.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert conv_zeros == zeros
+
+
+def test_unstructured_plain_model_equals_masked_attended_model():
+    torch.manual_seed(0)
+    model = MLP()  # Linear -> BatchNorm1d folds into the norm, Linear -> ReLU into the layer
+    x = torch.randn(16, 3, 16, 16)
+    inst = attnprune.instrument(model, x)
+    algo = ASWLMethod(joint_epochs=1, ramp_epochs=1)
+    runner = Runner(loader=_loader((3, 16, 16)), loss_fn=nn.functional.cross_entropy, progress=False)
+    algo.attach(inst, Budget(0.6), Context(steps_per_epoch=runner.steps_in_epoch()))
+    for phase in algo.phases():
+        runner.run(model, phase, algo)
+    att = algo.attention()
+    assert not torch.allclose(att, torch.full_like(att, 0.5))  # the attentions trained
+    beta = algo.solve_beta(0.6)
+    algo.apply_beta(beta)
+    model.eval()
+    with torch.no_grad():
+        reference = model(x)
+    sel = algo.select()
+    assert abs(sel.ratio - 0.6) <= 0.01
+    with torch.no_grad():
+        out = model(x)
+    ok, err = outputs_close(reference, out, 1e-5)
+    assert ok, err
+    algo.detach()
+    inst.remove()
+    assert count_hooks(model) == 0
+
+
+def test_unstructured_fixed_epochs_keep_the_final_ratio():
+    torch.manual_seed(0)
+    r = attnprune.prune(ResidualNet(), _loader((3, 16, 16)), 0.3, method="aswl", fixed_epochs=1, **FAST)
+    zeros, total = _zeros(r.model)
+    assert abs(zeros / total - 0.3) <= 0.01
+    assert [h.phase for h in r.report.history] == ["joint", "joint", "fixed"]
+
+
+def test_unstructured_rejects_finetuning_and_unreachable_ratio():
+    with pytest.raises(ValueError, match="finetune_epochs must be 0"):
+        ASWLMethod(finetune_epochs=1)
+    with pytest.raises(attnprune.BudgetError, match="largest reachable"):
+        attnprune.prune(ResidualNet(), _loader((3, 16, 16)), 0.999, method="aswl", **FAST)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_structured_budget_met_and_model_shrinks(arch):
+    build, shape = ARCHS[arch]
+    torch.manual_seed(0)
+    r = attnprune.prune(build(), _loader(shape), 0.5, method="aswl-structured", finetune_epochs=0, **FAST)
+    rep = r.report
+    assert abs(rep.ratio_achieved - 0.5) <= 0.01
+    params, _ = fvcore_counts(r.model, torch.randn(2, *shape))
+    assert params == rep.params_after
+    assert abs(1 - params / rep.params_before - 0.5) <= 0.01
+    assert count_hooks(r.model) == 0
+    assert rep.method_report["structured"] is True
+
+
+def test_structured_gates_scores_fold_and_gated_equals_pruned():
+    torch.manual_seed(0)
+    model = ResidualNet()
+    x = torch.randn(8, 3, 16, 16)
+    inst = attnprune.instrument(model, x)
+    algo = ASWLStructuredMethod(joint_epochs=1, ramp_epochs=1, finetune_epochs=0)
+    runner = Runner(loader=_loader((3, 16, 16)), loss_fn=nn.functional.cross_entropy, progress=False)
+    algo.attach(inst, Budget(0.5), Context(steps_per_epoch=runner.steps_in_epoch()))
+    phases = algo.phases()
+    algo.start_phase(phases[-1])
+    # the analog gate of every channel of group g is a_g (init 0.5)
+    assert all(torch.equal(v.detach(), torch.full_like(v, 0.5)) for v in algo._gate_values())
+    for phase in phases:
+        runner.run(model, phase, algo)
+    sel = algo.select()
+    assert abs(sel.ratio - 0.5) <= 0.01
+    # rank scores: kept channels above 1, closed below; a global threshold at 1 reproduces it
+    scores = algo.scores()
+    assert all(torch.equal(s > 1, m) for s, m in zip(scores, sel.masks))
+    same = attnprune.select_channels(inst.cost, scores, 0.5, normalize=None)
+    assert abs(same.ratio - 0.5) <= 0.01
+    imp = attnprune.LearnedImportance(algo)
+    g = inst.groups[0]
+    tp_group = inst.graph.get_pruning_group(g.root_module, g.root_fn, list(range(g.n_channels)))
+    assert torch.equal(imp(tp_group), scores[0])
+    # reference: trained analog gates a_g on kept channels, 0 on closed ones
+    att = algo.att.detach()
+    inst.set_scores([att[i] * m.float() for i, m in enumerate(sel.masks)])
+    inst.mode = "analog"
+    model.eval()
+    with torch.no_grad():
+        analog = model(x)
+    inst.set_masks(sel.masks)
+    inst.mode = "binary"
+    algo.detach()  # folds a_g into the gate points' weights
+    with torch.no_grad():
+        gated = model(x)
+    ok, err = outputs_close(analog, gated, 1e-5)
+    assert ok, err
+    pruned = inst.finalize(verify=True)
+    with torch.no_grad():
+        out = pruned(x)
+    ok, err = outputs_close(gated, out, 1e-4)
+    assert ok, err
+    assert count_hooks(pruned) == 0
+
+
+def test_structured_mask_training_and_macs_target():
+    torch.manual_seed(0)
+    r = attnprune.prune(ResidualNet(), _loader((3, 16, 16)), 0.4, method="aswl-structured", target="macs",
+                        mask_training=True, finetune_epochs=0, **FAST)
+    assert abs(r.report.ratio_achieved - 0.4) <= 0.01
+    assert abs(1 - r.report.macs_after / r.report.macs_before - 0.4) <= 0.01
+
+
+@pytest.mark.parametrize("cls, bad, match", [
+    (ASWLMethod, dict(lam=-1), "lam must be"),
+    (ASWLMethod, dict(beta=0), "beta must be"),
+    (ASWLMethod, dict(a_min=0.7), "a_min must be"),
+    (ASWLStructuredMethod, dict(fixed_epochs=1), "fixed_epochs is for"),
+    (ASWLStructuredMethod, dict(mask_training=1), "mask_training must be a bool"),
+])
+def test_bad_options(cls, bad, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**bad)
