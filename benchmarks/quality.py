@@ -5,7 +5,7 @@ of passes over the data (AN-only epochs count as passes), and is evaluated on th
 10k test set. Writes ``results/quality-<setup>.json`` (one entry per arm) and prints
 a table.
 
-    python benchmarks/quality.py                 # the recorded setup (about an hour on 2 cores)
+    python benchmarks/quality.py                 # the recorded setup (about 35 minutes on 2 cores)
     python benchmarks/quality.py --quick         # a smoke run (CI runs it)
     python benchmarks/quality.py --arms paam l1 --ratios 0.5 --seeds 0 1
 """
@@ -91,10 +91,13 @@ def main(argv=None) -> int:
     ap.add_argument("--arms", nargs="+", default=None)
     ap.add_argument("--ratios", nargs="+", type=float, default=None)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
-    ap.add_argument("--train-subset", type=int, default=12000)
+    ap.add_argument("--train-subset", type=int, default=8000)
     ap.add_argument("--passes", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.train_subset, args.passes = 256, 4
         args.arms = args.arms or ["dense", "paam", "l1"]
