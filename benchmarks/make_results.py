@@ -82,7 +82,8 @@ def quality_section(results_dir: Path) -> list[str]:
             mr = statistics.mean(100 * (1 - x["macs_after"] / x["macs_before"]) if x.get("macs_before") else 0
                                  for x in rs)
             sec = statistics.mean(x.get("seconds", 0) for x in rs)
-            lines.append(f"| {arm} | {len(rs)} | {acc} | {pr:.1f} | {mr:.1f} | {sec:.0f} |")
+            label = arm + (" (unstructured: % of weights zeroed, dense shapes)" if arm == "aswl" else "")
+            lines.append(f"| {label} | {len(rs)} | {acc} | {pr:.1f} | {mr:.1f} | {sec:.0f} |")
         lines.append("")
         lines += _quality_targets(by, ratio, dense_acc)
     return lines

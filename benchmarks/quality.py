@@ -42,8 +42,8 @@ def arm_options(arm: str, passes: int) -> tuple[str, dict]:
         if arm == "paam":
             return "paam", dict(opts, variant="vanilla")
         return "sbf", opts
-    if arm == "abp":
-        return "abp", dict(warmup_epochs=warm, joint_epochs=passes - warm, finetune_epochs=0)
+    if arm in ("abp", "aswl"):  # one-stage joint training, no fine-tuning
+        return arm, dict(warmup_epochs=warm, joint_epochs=passes - warm, finetune_epochs=0)
     if arm == "aswl-structured":
         return "aswl-structured", dict(warmup_epochs=warm, joint_epochs=passes - warm - 2, finetune_epochs=2)
     # baselines: warm up, rank once, fine-tune

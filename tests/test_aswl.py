@@ -22,15 +22,6 @@ from _util import MLP, BiasNoNormNet, ResidualNet, count_hooks, fvcore_counts
 FAST = dict(joint_epochs=2, ramp_epochs=1, progress=False, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: faster than two on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _loader(shape, n=64, batch=16, classes=10, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, *shape, generator=g)

@@ -15,15 +15,6 @@ from attnprune.bench import BenchResult, benchmark, environment_info
 from attnprune.metrics import count_macs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Keeps the suite fast on small shared machines (see test_export)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_net() -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1),

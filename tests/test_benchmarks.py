@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -24,17 +23,12 @@ def _load(name):
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for name in ("surgery", "latency", "overhead"):
-            assert _load(name).main(["--quick", "--out-dir", str(out)]) == 0
-        data = pytest.importorskip("attnprune.data")
-        if data.find_fashion_mnist() is None:
-            pytest.skip("Fashion-MNIST is not installed")
-        assert _load("quality").main(["--quick", "--out-dir", str(out)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    for name in ("surgery", "latency", "overhead"):
+        assert _load(name).main(["--quick", "--out-dir", str(out)]) == 0
+    data = pytest.importorskip("attnprune.data")
+    if data.find_fashion_mnist() is None:
+        pytest.skip("Fashion-MNIST is not installed")
+    assert _load("quality").main(["--quick", "--out-dir", str(out)]) == 0
     return out
 
 

@@ -24,15 +24,6 @@ TINY = ["--train-subset", "256", "--test-subset", "128", "--batch-size", "64",
         "--warmup-epochs", "1", "--finetune-epochs", "0", "--option", "steps_per_epoch=2", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: faster than two on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"

@@ -34,15 +34,6 @@ STEMS = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: faster than two on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("attnprune-cache")

@@ -16,19 +16,6 @@ import attnprune.export as export_mod
 from attnprune.export import ExportMismatchError, export_onnx, onnx_session
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Keeps the suite fast on small shared machines.
-
-    With all cores requested, OpenMP threads busy-wait for each other and a
-    single busy neighbour process can slow tracing and pruning down tenfold.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_net() -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),

@@ -14,15 +14,6 @@ from attnprune.models import build_model, resnet20
 from _util import random_masks, randomize_bn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: faster than two on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _pruned(name="resnet20", x=None, seed=0):
     torch.manual_seed(seed)
     model = randomize_bn(build_model(name, num_classes=10, in_channels=1 if name == "resnet20" else 3), seed).eval()

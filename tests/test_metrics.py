@@ -25,19 +25,6 @@ from attnprune.metrics import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Keeps the suite fast on small shared machines.
-
-    With all cores requested, OpenMP threads busy-wait for each other and a
-    single busy neighbour process can slow tracing and pruning down tenfold.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def toy_net() -> nn.Sequential:
     """Conv(3->8, 3x3) - BN - ReLU - GAP - Linear(8->4)."""
     return nn.Sequential(

@@ -22,15 +22,6 @@ from attnprune.models import (
 RESNET20_PARAMS = 272_474
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: faster than two on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -18,15 +18,6 @@ from attnprune.schedule import EpochRecord
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: faster than two on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_report(scores: bool = True, threshold: float = 0.4) -> PruneReport:
     groups = [GroupReport("conv1", 9, 16), GroupReport("layer1.0.conv1", 5, 16), GroupReport("layer2.0.conv1", 20, 32)]
     g = torch.Generator().manual_seed(0)

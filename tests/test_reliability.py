@@ -1,0 +1,285 @@
+"""Bad input, divergence and interruption: clear errors, before training, model untouched."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from torch.nn.utils import parametrize
+from torch.utils.data import DataLoader, TensorDataset
+
+import attnprune
+import attnprune.api as api
+from attnprune import BudgetError, TrainingDivergedError, UnsupportedModelError
+from attnprune.models import resnet20
+
+from _util import count_hooks
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """One intra-op thread: faster than two on a shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_data(n=32, seed=0, channels=1, classes=10):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, channels, 16, 16, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return resnet20(in_channels=1)
+
+
+def snapshot(m):
+    return copy.deepcopy(m.state_dict()), {n: mod.training for n, mod in m.named_modules()}
+
+
+def assert_unchanged(m, snap):
+    state, modes = snap
+    now = m.state_dict()
+    assert now.keys() == state.keys()
+    assert all(torch.equal(v, now[k]) for k, v in state.items())
+    assert {n: mod.training for n, mod in m.named_modules()} == modes
+    assert count_hooks(m) == 0
+
+
+class Counting:
+    """Cross-entropy that counts its calls, and can fail at call ``at``."""
+
+    def __init__(self, at=None, fail=None):
+        self.calls = 0
+        self.at = at
+        self.fail = fail
+
+    def __call__(self, out, y):
+        self.calls += 1
+        if self.at is not None and self.calls >= self.at:
+            if self.fail == "nan":
+                return F.cross_entropy(out, y) * float("nan")
+            raise self.fail
+        return F.cross_entropy(out, y)
+
+
+class NoPrunable(nn.Module):
+    """Only an output layer: nothing attnprune may prune."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+class SmallConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.b2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.b1(self.c1(x)))
+        x = F.relu(self.b2(self.c2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _pairs(*items):
+    return list(items)
+
+
+x16 = lambda n=4, c=1: torch.randn(n, c, 16, 16)  # noqa: E731
+y10 = lambda n=4, hi=10: torch.randint(0, hi, (n,))  # noqa: E731
+
+# id -> (changes to the call, exception type, message pattern)
+BAD_INPUT = {
+    "ratio_zero": (dict(ratio=0.0), ValueError, r"ratio must be in \(0, 1\)"),
+    "ratio_negative": (dict(ratio=-0.2), ValueError, r"ratio must be in \(0, 1\)"),
+    "ratio_one": (dict(ratio=1.0), ValueError, r"ratio must be in \(0, 1\)"),
+    "ratio_above_one": (dict(ratio=1.5), ValueError, r"ratio must be in \(0, 1\)"),
+    "ratio_nan": (dict(ratio=math.nan), ValueError, r"ratio must be in \(0, 1\).*nan"),
+    "ratio_string": (dict(ratio="half"), TypeError, r"ratio must be a number in \(0, 1\)"),
+    "ratio_none": (dict(ratio=None), TypeError, r"ratio must be a number"),
+    "ratio_bool": (dict(ratio=True), TypeError, r"ratio must be a number"),
+    "unknown_method": (dict(method="magic"), ValueError, r"unknown method 'magic'; valid methods: \[.*'paam'"),
+    "method_not_a_name": (dict(method=3), TypeError, r"method must be a method name"),
+    "unknown_target": (dict(target="flops"), ValueError, r"target must be one of \('params', 'macs'\)"),
+    "unknown_option": (dict(warmup_epoch=1), ValueError, r"unknown option\(s\) \['warmup_epoch'\].*valid options"),
+    "bad_option_value": (dict(lr=-1.0), ValueError, r"lr must be a number >= 0"),
+    "bad_option_choice": (dict(variant="big"), ValueError, r"variant must be one of"),
+    "round_to_zero": (dict(round_to=0), ValueError, r"round_to must be None or a positive int"),
+    "seed_negative": (dict(seed=-1), ValueError, r"seed must be None or an int >= 0"),
+    "seed_float": (dict(seed=1.5), ValueError, r"seed must be None or an int >= 0"),
+    "loss_fn_not_callable": (dict(loss_fn="ce"), TypeError, r"loss_fn must be callable"),
+    "device_unknown": (dict(device="gpu9"), ValueError, r"device must be a torch.device or a name"),
+    "device_meta": (dict(device="meta"), ValueError, r"device must hold real values"),
+    "resume_without_dir": (dict(resume=True), ValueError, r"resume=True needs checkpoint_dir"),
+    "resume_not_bool": (dict(resume="yes"), TypeError, r"resume must be True or False"),
+    "checkpoint_dir_type": (dict(checkpoint_dir=3), TypeError, r"checkpoint_dir must be None or a path"),
+    "distributed_without_group": (dict(distributed=True), ValueError, r"distributed=True needs an initialised"),
+    "distributed_not_bool": (dict(distributed="yes"), TypeError, r"distributed must be None"),
+    "empty_loader": (dict(loader=[]), ValueError, r"loader is empty; it must yield \(inputs, targets\)"),
+    "loader_not_iterable": (dict(loader=5), TypeError, r"loader must be an iterable of \(inputs, targets\)"),
+    "loader_yields_tensors": (dict(loader=[x16()]), TypeError, r"loader must yield \(inputs, targets\) pairs"),
+    "loader_yields_triples": (dict(loader=[(x16(), y10(), y10())]), TypeError,
+                              r"loader must yield \(inputs, targets\) pairs; got a tuple of length 3"),
+    "loader_yields_strings": (dict(loader=[("a", y10())]), TypeError, r"loader's inputs must be a tensor"),
+    "eval_loader_not_iterable": (dict(eval_loader=5), TypeError, r"eval_loader must be an iterable"),
+    "loader_inputs_do_not_fit": (dict(loader=[(x16(c=3), y10())]), ValueError,
+                                 r"loader's inputs cannot be fed to the model"),
+    "example_inputs_do_not_fit": (dict(example_inputs=torch.randn(1, 3, 16, 16)), ValueError,
+                                  r"example_inputs cannot be fed to the model"),
+    "example_inputs_not_tensors": (dict(example_inputs="x"), TypeError, r"example_inputs must be a tensor"),
+    "targets_out_of_range": (dict(loader=[(x16(), y10(hi=1) + 50)]), ValueError,
+                             r"loss_fn\(outputs, targets\) fails.*\[0, number of outputs\)"),
+    "loss_not_scalar": (dict(loss_fn=lambda o, y: F.cross_entropy(o, y, reduction="none")), TypeError,
+                        r"loss_fn\(outputs, targets\) must return a scalar tensor"),
+    "data_on_meta": (dict(loader=[(x16().to("meta"), y10().to("meta"))]), ValueError,
+                     r"loader yields tensors on the meta device"),
+    "unreachable_ratio": (dict(model=SmallConvNet, ratio=0.98), BudgetError,
+                          r"ratio 0\.980 of params cannot be reached.*largest reachable ratio is 0\.94"),
+    "unreachable_ratio_round_to": (dict(ratio=0.9, round_to=16), BudgetError,
+                                   r"multiples of 16.*largest reachable ratio is 0\.84"),
+    "every_group_ignored": (dict(model=SmallConvNet, ignored_layers=["c1", "c2"]), UnsupportedModelError,
+                            r"no prunable channel group \(every group is ignored"),
+    "no_prunable_layer": (dict(model=NoPrunable), UnsupportedModelError, r"no prunable channel group"),
+}
+
+
+@pytest.mark.parametrize("method", ["paam"])
+@pytest.mark.parametrize("case", list(BAD_INPUT), ids=list(BAD_INPUT))
+def test_bad_input_is_rejected_before_training(model, case, method):
+    changes, error, pattern = BAD_INPUT[case]
+    args = dict(loader=tiny_data(), ratio=0.5, method=method, progress=False)
+    args.update(changes)
+    if isinstance(args.get("model"), type):
+        torch.manual_seed(0)
+        model = args["model"]()
+    args.pop("model", None)
+    loss = args.get("loss_fn") or Counting()
+    args["loss_fn"] = loss
+    snap = snapshot(model)
+    with pytest.raises(error, match=pattern):
+        attnprune.prune(model, **args)
+    assert_unchanged(model, snap)
+    if isinstance(loss, Counting):
+        assert loss.calls <= 1, "training started (only the one-sample check may call loss_fn)"
+
+
+def test_model_on_meta_is_rejected():
+    with torch.device("meta"):
+        model = resnet20(in_channels=1)
+    with pytest.raises(ValueError, match=r"model has parameters or buffers on the meta device"):
+        attnprune.prune(model, tiny_data(), 0.5, progress=False)
+    assert count_hooks(model) == 0
+    assert all(p.device.type == "meta" for p in model.parameters())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_device_without_cuda_is_rejected(model):
+    with pytest.raises(ValueError, match=r"device='cuda' but CUDA is not available here"):
+        attnprune.prune(model, tiny_data(), 0.5, device="cuda", progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_model_on_cuda_data_on_cpu_is_moved(model):
+    model = model.cuda()
+    res = attnprune.prune(model, tiny_data(), 0.5, method="l1", warmup_epochs=1, finetune_epochs=1,
+                          progress=False, seed=0)
+    assert next(res.model.parameters()).device.type == "cuda"
+
+
+def test_unsupported_architecture():
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10)
+    snap = snapshot(model)
+    data = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))]
+    with pytest.raises(UnsupportedModelError, match="ShuffleNetV2"):
+        attnprune.prune(model, data, 0.5, progress=False)
+    assert_unchanged(model, snap)
+
+
+@pytest.mark.parametrize("method", ["abp", "aswl-structured", "aswl", "l1"])
+def test_unreachable_ratio_fails_before_training_for_every_method(method):
+    loss = Counting()
+    with pytest.raises(BudgetError, match="largest reachable ratio"):
+        attnprune.prune(SmallConvNet(), tiny_data(), 0.98, method=method, loss_fn=loss, progress=False)
+    assert loss.calls <= 1
+
+
+# -- divergence and interruption -----------------------------------------------------------
+PAAM_FAST = dict(warmup_epochs=1, cycles=1, an_epochs=1, cnn_epochs=1, finetune_epochs=1)
+# loss_fn calls with 2 batches per epoch: 1 check, 2-3 warmup, 4 lam calibration, 5-6 an, 7-8 cnn, 9-10 finetune
+PHASE_AT_CALL = {2: "warmup", 5: "an", 7: "cnn", 9: "finetune"}
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Every Instrumented object prune() creates (to check its hooks are gone)."""
+    made = []
+    real = api.instrument
+
+    def spy(*args, **kwargs):
+        inst = real(*args, **kwargs)
+        made.append(inst)
+        return inst
+
+    monkeypatch.setattr(api, "instrument", spy)
+    return made
+
+
+def _assert_clean(insts):
+    for inst in insts:
+        assert inst._state != "active"
+        assert count_hooks(inst.model) == 0
+        assert not any(parametrize.is_parametrized(m) for m in inst.model.modules())
+
+
+@pytest.mark.parametrize("call, phase", sorted(PHASE_AT_CALL.items()), ids=list(PHASE_AT_CALL.values()))
+def test_non_finite_loss_stops_cleanly_naming_phase_and_epoch(model, captured, call, phase):
+    snap = snapshot(model)
+    loss = Counting(at=call, fail="nan")
+    with pytest.raises(TrainingDivergedError, match=rf"loss became nan in phase '{phase}', epoch 1, step 1"):
+        attnprune.prune(model, tiny_data(), 0.5, method="paam", loss_fn=loss, progress=False, **PAAM_FAST)
+    assert_unchanged(model, snap)
+    _assert_clean(captured)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), RuntimeError("boom")], ids=["ctrl-c", "error"])
+@pytest.mark.parametrize("call", [2, 4, 5, 7, 9], ids=["warmup", "calibration", "an", "cnn", "finetune"])
+def test_interruption_in_any_phase_leaves_model_untouched(model, captured, call, exc):
+    snap = snapshot(model)
+    loss = Counting(at=call, fail=exc)
+    with pytest.raises(type(exc)):
+        attnprune.prune(model, tiny_data(), 0.5, method="paam", loss_fn=loss, progress=False, **PAAM_FAST)
+    assert loss.calls == call
+    assert_unchanged(model, snap)
+    _assert_clean(captured)
+
+
+@pytest.mark.parametrize("method, options", [
+    ("abp", dict(joint_epochs=1, ramp_epochs=1)),
+    ("aswl", dict(joint_epochs=1, ramp_epochs=1)),
+    ("aswl-structured", dict(joint_epochs=1, ramp_epochs=1, finetune_epochs=0)),
+])
+def test_interruption_removes_method_hooks_and_parametrisations(model, captured, method, options):
+    snap = snapshot(model)
+    with pytest.raises(KeyboardInterrupt):
+        attnprune.prune(model, tiny_data(), 0.5, method=method, progress=False,
+                        loss_fn=Counting(at=3, fail=KeyboardInterrupt()), **options)
+    assert_unchanged(model, snap)
+    _assert_clean(captured)
