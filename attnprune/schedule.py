@@ -5,6 +5,12 @@ CNN's, the method's, or both), the gate mode and whether BatchNorm runs in eval
 mode. A fresh optimiser is built for each phase (so one built before channels
 were removed is never reused), with cosine learning-rate decay over the phase.
 Progress bars (tqdm) show phase, epoch, loss and the kept fraction.
+
+A phase can be resumed at an epoch boundary from :meth:`Runner.phase_state`
+(optimiser and scheduler states, step counter). With ``distributed=True`` the
+model and the method's parameters train inside DistributedDataParallel, rebuilt
+for every phase (:mod:`attnprune.distributed`). A NaN or infinite loss raises
+:class:`TrainingDivergedError` (on every rank at once).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ._batch import call_model as _call, to_device as _to, unpack_batch
+from . import distributed as dist_util
 from .errors import AttnpruneError
 from .methods.base import Phase, PruningMethod
 
@@ -43,8 +50,18 @@ class EpochRecord:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device=None, max_batches: int | None = None) -> float:
-    """Top-1 accuracy (in %) of ``model`` over ``loader`` in eval mode; modes restored."""
+def evaluate(model: nn.Module, loader: Iterable, device=None, max_batches: int | None = None, *,
+             distributed: bool = False) -> float:
+    """Top-1 accuracy (in %) of ``model`` over ``loader`` in eval mode; modes restored.
+
+    Args:
+        model: The model.
+        loader: Yields ``(inputs, targets)``.
+        device: Where batches go (None: where they are).
+        max_batches: Stop after this many batches.
+        distributed: Sum the counts over the processes of the default process group
+            (each rank evaluating its shard gives the accuracy over all shards).
+    """
     modes = {m: m.training for m in model.modules()}
     model.eval()
     correct = total = 0
@@ -60,7 +77,17 @@ def evaluate(model: nn.Module, loader: Iterable, device=None, max_batches: int |
     finally:
         for m, t in modes.items():
             m.training = t
+    if distributed:
+        counts = dist_util.all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64,
+                                                       device=_counts_device(model)))
+        correct, total = (int(v) for v in counts.cpu())
     return 100.0 * correct / max(total, 1)
+
+
+def _counts_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
 
 
 @contextlib.contextmanager
@@ -100,7 +127,13 @@ class Runner:
         steps_per_epoch: Cap on batches per epoch.
         progress: Show tqdm bars.
         history: Filled with :class:`EpochRecord` entries.
-        on_epoch_end: Optional callback ``(phase, epoch)`` (checkpoints).
+        on_epoch_end: Optional callback ``(phase, epoch)``, called after the epoch's
+            record is written (``prune()`` writes checkpoints there; the optimiser
+            state of the phase is then :meth:`phase_state`).
+        distributed: Train with DistributedDataParallel over the default process
+            group (see :mod:`attnprune.distributed`).
+        epochs_done: Epochs run so far over every phase; a sampler with
+            ``set_epoch`` (``DistributedSampler``) gets it before each epoch.
     """
 
     loader: Iterable
@@ -111,6 +144,11 @@ class Runner:
     progress: bool = True
     history: list[EpochRecord] = field(default_factory=list)
     on_epoch_end: Callable | None = None
+    distributed: bool = False
+    epochs_done: int = 0
+
+    def __post_init__(self):
+        self._live: dict | None = None
 
     def _batches(self):
         for i, batch in enumerate(self.loader):
@@ -129,7 +167,22 @@ class Runner:
             return self.steps_per_epoch
         return n if self.steps_per_epoch is None else min(n, self.steps_per_epoch)
 
-    def run(self, model: nn.Module, phase: Phase, method: PruningMethod | None = None, kept=None) -> None:
+    def phase_state(self) -> dict | None:
+        """Optimiser and scheduler states and the step counter of the phase running now.
+
+        Valid inside :attr:`on_epoch_end`; None outside a phase. ``run(...,
+        resume=state)`` continues the phase from it.
+        """
+        if self._live is None:
+            return None
+        return {
+            "optimizers": [o.state_dict() for o in self._live["opts"]],
+            "schedulers": [s.state_dict() for s in self._live["scheds"]],
+            "step": self._live["step"],
+        }
+
+    def run(self, model: nn.Module, phase: Phase, method: PruningMethod | None = None, kept=None, *,
+            start_epoch: int = 0, resume: dict | None = None, on_start: Callable | None = None) -> None:
         """Train ``model`` for ``phase.epochs`` epochs as ``phase`` says.
 
         Args:
@@ -137,8 +190,17 @@ class Runner:
             phase: What to train and how.
             method: The attached method, or None for plain training (fine-tuning).
             kept: Optional callable returning the kept fraction, for display.
+            start_epoch: Epochs of the phase already done (resuming).
+            resume: :meth:`phase_state` saved at the end of epoch ``start_epoch``.
+            on_start: Called after ``method.start_phase`` and before training (and
+                before ``resume`` is loaded); ``prune()`` restores a checkpoint's
+                method state and random states there.
+
+        Raises:
+            TrainingDivergedError: The loss became NaN or infinite.
+            ValueError: The loader yielded no batch in an epoch.
         """
-        if phase.epochs <= 0:
+        if phase.epochs <= 0 or start_epoch >= phase.epochs:
             return
         model_params = [p for p in model.parameters() if p.requires_grad]
         method_params = method.parameters() if method is not None else []
@@ -154,54 +216,87 @@ class Runner:
         frozen = ([] if phase.train_model else model_params) + ([] if phase.train_method else method_params)
         if method is not None:
             method.start_phase(phase)
+        if self.distributed and method is not None:
+            dist_util.sync_method(method)
+        if on_start is not None:
+            on_start()
         step = 0
-        with _frozen(frozen):
-            for epoch in range(phase.epochs):
-                t0 = time.perf_counter()
-                model.train()
-                if phase.bn_eval:
-                    _bn_eval(model)
-                total_loss, count = 0.0, 0
-                bar = tqdm(self._batches(), total=n_batches, disable=not self.progress, leave=False,
-                           desc=f"{phase.name} {epoch + 1}/{phase.epochs}")
-                for batch in bar:
-                    x, y = unpack_batch(batch)
-                    x, y = _to(x, self.device), _to(y, self.device)
-                    if method is not None:
-                        method.before_step(phase, step)
-                    loss = self.loss_fn(_call(model, x), y)
-                    task = float(loss.detach())
-                    reg = method.regularizer(phase) if method is not None else None
-                    if reg is not None:
-                        loss = loss + reg
-                    if not math.isfinite(float(loss.detach())):
-                        raise TrainingDivergedError(
-                            f"loss became {float(loss.detach())} in phase {phase.name!r}, epoch {epoch + 1}, "
-                            f"step {step + 1}; lower the learning rate (lr={phase.lr})"
-                        )
-                    for o in opts:
-                        o.zero_grad(set_to_none=True)
-                    loss.backward()
-                    for o, s in zip(opts, scheds):
-                        o.step()
-                        s.step()
-                    if method is not None:
-                        method.after_step(phase, step)
-                    step += 1
-                    total_loss += task
-                    count += 1
-                    if self.progress and count % 10 == 0:
-                        post = {"loss": f"{total_loss / count:.3f}"}
-                        if kept is not None:
-                            post["kept"] = f"{kept():.3f}"
-                        bar.set_postfix(post)
-                if count == 0:
-                    raise ValueError("the loader yielded no batch; it must yield (inputs, targets) pairs")
-                rec = EpochRecord(phase=phase.name, epoch=epoch + 1, loss=total_loss / count,
-                                  kept=None if kept is None else float(kept()))
-                if self.eval_loader is not None:
-                    rec.accuracy = evaluate(model, self.eval_loader, self.device)
-                rec.seconds = time.perf_counter() - t0
-                self.history.append(rec)
-                if self.on_epoch_end is not None:
-                    self.on_epoch_end(phase, epoch)
+        if resume is not None:
+            if len(resume["optimizers"]) != len(opts):
+                raise ValueError("the saved phase state does not match the phase (optimiser count differs)")
+            for o, s in zip(opts, resume["optimizers"]):
+                o.load_state_dict(s)
+            for sch, s in zip(scheds, resume["schedulers"]):
+                sch.load_state_dict(s)
+            step = int(resume["step"])
+        self._live = {"opts": opts, "scheds": scheds, "step": step}
+        show = self.progress and dist_util.is_main()
+        try:
+            with _frozen(frozen):
+                net = model
+                if self.distributed:
+                    trainable = [p for p in method_params if p.requires_grad] if method is not None else []
+                    net = dist_util.wrap(model, trainable, self.device)
+                for epoch in range(start_epoch, phase.epochs):
+                    t0 = time.perf_counter()
+                    model.train()
+                    if phase.bn_eval:
+                        _bn_eval(model)
+                    sampler = getattr(self.loader, "sampler", None)
+                    if hasattr(sampler, "set_epoch"):
+                        sampler.set_epoch(self.epochs_done)
+                    total_loss, count = 0.0, 0
+                    bar = tqdm(self._batches(), total=n_batches, disable=not show, leave=False,
+                               desc=f"{phase.name} {epoch + 1}/{phase.epochs}")
+                    for batch in bar:
+                        x, y = unpack_batch(batch)
+                        x, y = _to(x, self.device), _to(y, self.device)
+                        if method is not None:
+                            method.before_step(phase, step)
+                        task_loss = self.loss_fn(_call(net, x), y)
+                        reg = method.regularizer(phase) if method is not None else None
+                        loss = task_loss if reg is None else task_loss + reg
+                        values = torch.stack([task_loss.detach().float().reshape(()),
+                                              loss.detach().float().reshape(())])
+                        if self.distributed:  # every rank sees the same values, so all stop together
+                            values = dist_util.all_reduce_sum(values) / dist_util.world_size()
+                        task, total = (float(v) for v in values.cpu())
+                        if not math.isfinite(total):
+                            raise TrainingDivergedError(
+                                f"loss became {total} in phase {phase.name!r}, epoch {epoch + 1}, "
+                                f"step {step + 1}; lower the learning rate (lr={phase.lr})"
+                            )
+                        for o in opts:
+                            o.zero_grad(set_to_none=True)
+                        loss.backward()
+                        for o, s in zip(opts, scheds):
+                            o.step()
+                            s.step()
+                        if method is not None:
+                            method.after_step(phase, step)
+                        step += 1
+                        self._live["step"] = step
+                        total_loss += task
+                        count += 1
+                        if show and count % 10 == 0:
+                            post = {"loss": f"{total_loss / count:.3f}"}
+                            if kept is not None:
+                                post["kept"] = f"{kept():.3f}"
+                            bar.set_postfix(post)
+                    if count == 0:
+                        raise ValueError("the loader yielded no batch; it must yield (inputs, targets) pairs")
+                    self.epochs_done += 1
+                    if self.distributed:
+                        dist_util.sync_module(model)
+                    rec = EpochRecord(phase=phase.name, epoch=epoch + 1, loss=total_loss / count,
+                                      kept=None if kept is None else float(kept()))
+                    if self.eval_loader is not None:
+                        rec.accuracy = evaluate(model, self.eval_loader, self.device, distributed=self.distributed)
+                    rec.seconds = time.perf_counter() - t0
+                    self.history.append(rec)
+                    if self.on_epoch_end is not None:
+                        self.on_epoch_end(phase, epoch)
+        finally:
+            self._live = None
+            net = None  # the DDP wrapper (and its gradient hooks) goes with the phase
+

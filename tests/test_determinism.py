@@ -10,15 +10,6 @@ import attnprune
 from attnprune.models import resnet20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: faster than two on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def loader(generator: torch.Generator | None = None):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(48, 1, 16, 16, generator=g)

@@ -29,15 +29,6 @@ BATCH = 16  # per rank; the one-process run uses WORLD * BATCH
 SCHEDULE = dict(warmup_epochs=2, cycles=1, an_epochs=1, cnn_epochs=1, finetune_epochs=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: faster than two on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def quadrants(n: int, seed: int) -> TensorDataset:
     """A learnable toy task: which quadrant of a 16x16 image holds a bright square."""
     g = torch.Generator().manual_seed(seed)

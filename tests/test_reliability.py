@@ -21,15 +21,6 @@ from attnprune.models import resnet20
 from _util import count_hooks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: faster than two on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_data(n=32, seed=0, channels=1, classes=10):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, channels, 16, 16, generator=g)
@@ -97,10 +88,6 @@ class SmallConvNet(nn.Module):
         x = F.relu(self.b1(self.c1(x)))
         x = F.relu(self.b2(self.c2(x)))
         return self.fc(x.mean((2, 3)))
-
-
-def _pairs(*items):
-    return list(items)
 
 
 x16 = lambda n=4, c=1: torch.randn(n, c, 16, 16)  # noqa: E731

@@ -18,15 +18,6 @@ from attnprune.models import resnet20
 from _util import count_hooks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: faster than two on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_loader(kind: str, n: int = 48):
     """3 batches of 16; ``kind`` "generator": the loader shuffles with its own generator,
     "global": with torch's global generator."""

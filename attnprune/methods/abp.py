@@ -306,6 +306,8 @@ class ABPMethod(PruningMethod):
 
     config_class = ABPConfig
     normalize = None  # |m| starts at mean 1 in every group and trains on that scale
+    state_attributes = ("initialized", "step", "current_ratio", "_t", "group_t", "_selection",
+                        "_selection_ratio", "_initial_masks", "exceptions", "changes")
 
     def setup(self) -> None:
         device = next(iter(self.inst.model.parameters())).device

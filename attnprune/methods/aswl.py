@@ -200,6 +200,7 @@ class _ASWLBase(PruningMethod):
 
     config_class = ASWLConfig
     normalize = None
+    state_attributes = ("step", "beta", "current_ratio", "beta_history", "final_beta")
 
     # subclasses set self.sizes (n_l, float tensor) and implement removed_fraction(beta)
     def _init_attention(self, n: int) -> None:
@@ -487,6 +488,7 @@ class ASWLStructuredMethod(_ASWLBase):
 
     config_class = ASWLStructuredConfig
     joint_gates = "analog"
+    state_attributes = _ASWLBase.state_attributes + ("keep",)
 
     def setup(self) -> None:
         inst = self.inst

@@ -165,6 +165,9 @@ class PruningMethod:
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = TrainConfig
     normalize: ClassVar[str | None] = "mean"
+    #: Attributes saved by :meth:`state_dict` besides the parameters: whatever the
+    #: method changes during training (counters, controller values, thresholds).
+    state_attributes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config=None, **options):
         if config is not None and options:
@@ -239,16 +242,74 @@ class PruningMethod:
         self.handles = []
 
     def state_dict(self) -> dict:
-        """The method's state (its parameters), for checkpoints."""
-        return {f"p{i}": p.detach().clone() for i, p in enumerate(self.parameters())}
+        """The method's state, for checkpoints.
+
+        Returns:
+            ``{"p0": ..., "p1": ...}`` (copies of :meth:`parameters`, in order) plus
+            ``{"attr.<name>": value}`` for every name in :attr:`state_attributes`
+            that the method has (copies; numbers, strings, tensors, budget results,
+            and lists, tuples and dicts of them).
+        """
+        state = {f"p{i}": p.detach().clone() for i, p in enumerate(self.parameters())}
+        for name in self.state_attributes:
+            if hasattr(self, name):
+                state[f"attr.{name}"] = _encode_state(getattr(self, name))
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` into this method, attached to the same model.
+
+        Raises:
+            ValueError: The state has another number or shape of parameters.
+        """
+        params = self.parameters()
+        saved = [k for k in state if k.startswith("p") and k[1:].isdigit()]
+        if len(saved) != len(params):
+            raise ValueError(f"{self.name}: the state has {len(saved)} parameters, the method {len(params)}")
         with torch.no_grad():
-            for i, p in enumerate(self.parameters()):
-                p.copy_(state[f"p{i}"])
+            for i, p in enumerate(params):
+                value = state[f"p{i}"]
+                if tuple(value.shape) != tuple(p.shape):
+                    raise ValueError(f"{self.name}: parameter {i} has shape {tuple(p.shape)}, "
+                                     f"the state {tuple(value.shape)}")
+                p.copy_(value)
+        for name in self.state_attributes:
+            key = f"attr.{name}"
+            if key in state:
+                setattr(self, name, _decode_state(state[key], getattr(self, name, None)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+def _encode_state(value):
+    """A detached copy of ``value`` that ``torch.load(weights_only=True)`` reads back."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, BudgetResult):
+        return {"__budget_result__": True, **{f.name: _encode_state(getattr(value, f.name))
+                                              for f in dataclasses.fields(value)}}
+    if isinstance(value, dict):
+        return {k: _encode_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_encode_state(v) for v in value)
+    return value
+
+
+def _decode_state(value, current=None):
+    """Inverse of :func:`_encode_state`; tensors go to ``current``'s device and dtype."""
+    if isinstance(value, torch.Tensor):
+        if isinstance(current, torch.Tensor):
+            return value.to(device=current.device, dtype=current.dtype, copy=True)
+        return value.clone()
+    if isinstance(value, dict):
+        if value.get("__budget_result__"):
+            return BudgetResult(**{k: _decode_state(v) for k, v in value.items() if k != "__budget_result__"})
+        return {k: _decode_state(v, current.get(k) if isinstance(current, dict) else None) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        like = current if isinstance(current, (list, tuple)) and len(current) == len(value) else [None] * len(value)
+        return type(value)(_decode_state(v, c) for v, c in zip(value, like))
+    return value
 
 
 METHODS: dict[str, type[PruningMethod]] = {}

@@ -169,9 +169,19 @@ class RandomMethod(PruningMethod):
     """Uniformly random scores, seeded by ``prune(seed=...)``."""
 
     config_class = BaselineConfig
+    state_attributes = ("generator_state",)
 
     def setup(self):
         self.generator = torch.Generator().manual_seed(self.context.seed or 0)
+
+    @property
+    def generator_state(self) -> torch.Tensor:
+        """State of the generator drawing the scores (saved in checkpoints)."""
+        return self.generator.get_state()
+
+    @generator_state.setter
+    def generator_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
 
     def scores(self):
         return [torch.rand(g.n_channels, generator=self.generator) for g in self.inst.groups]

@@ -201,6 +201,7 @@ class PAAMMethod(PruningMethod):
     gain = 0.05
     #: The level that separates open from closed analog scores for the controller.
     level = 0.5
+    state_attributes = ("lam", "lam_history")
 
     def setup(self) -> None:
         c = self.config

@@ -1,0 +1,229 @@
+"""Checkpoints of a :func:`attnprune.prune` run, for resuming it after an interruption.
+
+``prune(..., checkpoint_dir=path)`` writes ``path/checkpoint.pt`` at the end of
+every epoch (which includes every phase boundary) and right after the channels
+are removed; ``prune(..., checkpoint_dir=path, resume=True)`` continues from it.
+A resumed run reaches the same masks and the same pruned model, bit for bit, as
+an uninterrupted run with the same arguments, within the limits listed below.
+
+A checkpoint holds:
+
+* the working model's state (instrumented or, after removal, pruned) and the
+  keep-masks that define the pruned architecture;
+* the method's state (:meth:`~attnprune.PruningMethod.state_dict`: its
+  parameters and the counters and controller values it keeps, e.g. PAAM's ``lam``);
+* the gate mode and masks in force, the schedule position (phase, epochs done),
+  and the optimiser and learning-rate scheduler states of the current phase (a
+  fresh optimiser is built for every phase, so only the current one matters);
+* the report so far (history, accuracies);
+* per rank: the random states of torch (CPU and every CUDA device), Python's
+  ``random`` and NumPy, and of the torch generators the training loader exposes
+  (``loader.generator``, ``loader.sampler.generator``,
+  ``loader.batch_sampler.sampler.generator``).
+
+Files are written atomically (a temporary file in the same folder, then
+``os.replace``), by rank 0 only, and read back with ``torch.load(weights_only=True)``.
+
+Limits of bit-identical resumption:
+
+* randomness the checkpoint cannot reach is not restored: a sampler or dataset
+  with its own random generator, a ``worker_init_fn`` seeding something else,
+  augmentation libraries with private generators. A ``DataLoader`` shuffling
+  with no generator of its own draws from torch's global generator, which *is*
+  restored; one with a ``generator=`` is restored through that generator. A
+  ``DistributedSampler`` is deterministic given its epoch, which ``prune()`` sets;
+* checkpoints are taken at epoch ends only: an interrupted epoch is redone;
+* the same machine, library versions, thread count and number of processes are
+  assumed (floating-point reductions may differ otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import distributed as dist_util
+
+__all__ = ["CHECKPOINT_NAME", "atomic_save", "load_checkpoint", "rng_state", "set_rng_state",
+           "loader_generators", "Checkpointer"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT = 1
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file next to ``path``, then ``os.replace`` it.
+
+    A reader never sees a half-written file: it finds the previous file or the
+    new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def load_checkpoint(checkpoint_dir: str | os.PathLike) -> dict | None:
+    """The checkpoint in ``checkpoint_dir``, or None when there is none.
+
+    Raises:
+        ValueError: The file exists but is not a checkpoint of this format.
+    """
+    path = Path(checkpoint_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read the checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an attnprune checkpoint of format {FORMAT}")
+    return state
+
+
+# -- random states --------------------------------------------------------------------
+def rng_state() -> dict:
+    """Random states of torch (CPU, CUDA), Python's ``random`` and NumPy, serialisable."""
+    state: dict = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    state["python"] = random.getstate()
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a torch dependency here
+        return state
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss))
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
+
+
+def loader_generators(loader) -> list[torch.Generator]:
+    """The distinct torch generators a loader shuffles or samples with (may be empty)."""
+    found: list[torch.Generator] = []
+    candidates = [getattr(loader, "generator", None)]
+    sampler = getattr(loader, "sampler", None)
+    candidates.append(getattr(sampler, "generator", None))
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    candidates.append(getattr(getattr(batch_sampler, "sampler", None), "generator", None))
+    for g in candidates:
+        if isinstance(g, torch.Generator) and not any(g is f for f in found):
+            found.append(g)
+    return found
+
+
+def loader_state(loader) -> list[torch.Tensor]:
+    """States of :func:`loader_generators`."""
+    return [g.get_state() for g in loader_generators(loader)]
+
+
+def set_loader_state(loader, states: list[torch.Tensor]) -> None:
+    """Restore what :func:`loader_state` captured (the loader must expose as many generators)."""
+    gens = loader_generators(loader)
+    if len(gens) != len(states):
+        raise ValueError(
+            f"the checkpoint holds {len(states)} loader generator state(s) but the loader exposes "
+            f"{len(gens)}; resume with the same kind of loader"
+        )
+    for g, s in zip(gens, states):
+        g.set_state(s)
+
+
+def _cpu(obj):
+    """A copy of ``obj`` with every tensor detached, cloned and on CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+class Checkpointer:
+    """Writes and reads the checkpoint of one run.
+
+    Args:
+        checkpoint_dir: The folder (created on rank 0 when needed).
+        fingerprint: What identifies the run (method, budget, config, seed, model
+            shapes, world size); a checkpoint of another run is refused.
+        loader: The training loader, whose generators are saved per rank.
+        distributed: The run trains over the process group: random states are
+            gathered from every rank. Otherwise only this process's are kept (and
+            still only rank 0 writes).
+    """
+
+    def __init__(self, checkpoint_dir: str | os.PathLike, fingerprint: dict, loader, distributed: bool = False):
+        self.dir = Path(checkpoint_dir)
+        self.path = self.dir / CHECKPOINT_NAME
+        self.fingerprint = fingerprint
+        self.loader = loader
+        self.distributed = distributed
+        if dist_util.is_main():
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> dict | None:
+        """The checkpoint of this run, or None when the folder has none.
+
+        Raises:
+            ValueError: The checkpoint belongs to a different run.
+        """
+        state = load_checkpoint(self.dir)
+        if state is None:
+            return None
+        saved = state.get("fingerprint", {})
+        diff = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
+        if diff:
+            detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {self.fingerprint.get(k)!r}" for k in diff[:4])
+            raise ValueError(
+                f"the checkpoint in {self.dir} was written by a different run ({detail}); pass the same "
+                "arguments, another checkpoint_dir, or resume=False to start over"
+            )
+        return state
+
+    def save(self, state: dict) -> None:
+        """Write ``state`` plus this rank's random states (called on every rank; rank 0 writes)."""
+        per_rank = {"rng": rng_state(), "loader": loader_state(self.loader)}
+        ranks = dist_util.all_gather_object(per_rank) if self.distributed else [per_rank]
+        if not dist_util.is_main():
+            return
+        out = _cpu(dict(state))
+        out.update(format=FORMAT, fingerprint=self.fingerprint, ranks=_cpu(ranks))
+        atomic_save(out, self.path)
+
+    def restore_random(self, state: dict) -> None:
+        """Restore this rank's random and loader-generator states from ``state``."""
+        ranks = state["ranks"]
+        mine = ranks[dist_util.rank() if self.distributed else 0]
+        set_rng_state(mine["rng"])
+        set_loader_state(self.loader, mine["loader"])
