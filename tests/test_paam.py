@@ -158,35 +158,42 @@ def test_sbf_end_to_end_reports_its_ratio():
 def test_lambda_calibration_separates_scores():
     """On real data, the calibrated lambda drives scores apart around the threshold.
 
-    Few scores end near the budget's threshold, and the accuracy with analog gates is
-    close to the accuracy with the binary gates the budget picks.
+    After three AN phases (with CNN phases between them), few scores lie near the
+    budget's threshold, and the accuracy with analog gates is close to the accuracy
+    with the binary gates the budget picks. One AN phase is not enough (measured:
+    a 30-point gap at ratio 0.5): separation comes from the alternation, since a CNN
+    phase teaches the network to do without the closed channels, and the next AN
+    phase's L1 pull then takes their scores to 0.
     """
     data = pytest.importorskip("attnprune.data")
     try:
-        train, test = data.fashion_mnist_loaders(batch_size=128, train_subset=3072, test_subset=1000, seed=0)
+        train, test = data.fashion_mnist_loaders(batch_size=128, train_subset=4096, test_subset=1000, seed=0)
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
     torch.manual_seed(0)
     model = resnet20(in_channels=1)
     inst = attnprune.instrument(model, next(iter(train))[0][:1])
     loss_fn = nn.functional.cross_entropy
-    method = get_method("paam")(an_epochs=2)
+    method = get_method("paam")(warmup_epochs=1, cycles=3, an_epochs=1, cnn_epochs=1)
     method.attach(inst, Budget(0.5), Context(batches=lambda: iter(train), loss_fn=loss_fn,
                                              steps_per_epoch=len(train)))
     runner = Runner(loader=train, loss_fn=loss_fn, progress=False)
-    warmup, an = method.phases()[:2]
-    runner.run(model, warmup, method)
-    runner.run(model, an, method)
+    phases = method.phases()
+    assert [p.name for p in phases] == ["warmup"] + ["an", "cnn"] * 3
+    for phase in phases[:-1]:  # up to the end of the third AN phase
+        runner.run(model, phase, method)
     scores = method.scores()
     sel = method.select()
     allv = torch.cat(scores)
     near = float(((allv - sel.threshold).abs() < 0.05).float().mean())
-    assert near < 0.25, f"{near:.0%} of scores lie within 0.05 of the threshold"
     inst.set_scores(method.compute_scores)
     inst.mode = "analog"
     acc_analog = attnprune.evaluate(model, test)
     inst.set_masks(sel.masks)
     inst.mode = "binary"
     acc_binary = attnprune.evaluate(model, test)
+    print(f"near threshold {near:.1%}; top-1 analog {acc_analog:.1f}%, binary {acc_binary:.1f}%")
+    assert near < 0.25, f"{near:.0%} of scores lie within 0.05 of the threshold"
     assert abs(acc_analog - acc_binary) <= 5.0, (acc_analog, acc_binary)
+    assert acc_binary > 50.0, "the pruned selection must still classify (chance is 10%)"
     inst.remove()
