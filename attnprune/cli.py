@@ -342,6 +342,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from .plots import _umask_mode
     from .report_md import write_report
 
+    if args.resume and not args.checkpoint_dir:
+        raise ValueError("--resume needs --checkpoint-dir (the folder holding checkpoint.pt)")
     out = Path(args.out)
     _check_out_folder(out, args.overwrite)
     options: dict[str, Any] = {}
@@ -388,7 +390,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     result = api.prune(
         model, train, ratio=args.ratio, method=args.method, target=args.target,
         example_inputs=example, eval_loader=test, device=device, round_to=args.round_to,
-        pretrained=args.pretrained, seed=args.seed, progress=not args.quiet, **options,
+        pretrained=args.pretrained, seed=args.seed, progress=not args.quiet,
+        checkpoint_dir=args.checkpoint_dir, resume=args.resume, **options,
     )
     history = getattr(result, "pruning_history", None)
     if history is None:
@@ -577,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", action="store_true", help="the model is trained already: skip the warm-up")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="default: %(default)s")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    p.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="write a checkpoint here at every epoch end (outside --out, so it survives a failure)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty or new)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars or status messages")

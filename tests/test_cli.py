@@ -233,3 +233,10 @@ def test_factory_model(tmp_path, capsys, monkeypatch):
     assert cli.main(["export", "--model-file", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "pass --base attnprune.models:resnet20" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_resume_needs_a_checkpoint_dir(tmp_path, capsys):
+    code = cli.main(["prune", "--model", "resnet20", "--resume", "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "--checkpoint-dir" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
