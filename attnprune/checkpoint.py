@@ -41,13 +41,13 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import distributed as dist_util
+from ._files import atomic_file
 
 __all__ = ["CHECKPOINT_NAME", "atomic_save", "load_checkpoint", "rng_state", "set_rng_state",
            "loader_generators", "Checkpointer"]
@@ -62,21 +62,8 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     A reader never sees a half-written file: it finds the previous file or the
     new one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path, fsync=True) as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(checkpoint_dir: str | os.PathLike) -> dict | None:

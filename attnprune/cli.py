@@ -339,7 +339,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from .io import save
     from .methods import get_method, make_config
     from .models import needs_rgb
-    from .plots import _umask_mode
+    from ._files import umask_mode as _umask_mode
     from .report_md import write_report
 
     if args.resume and not args.checkpoint_dir:

@@ -45,6 +45,8 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ._files import atomic_file
+
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "NUM_CLASSES",
@@ -244,16 +246,8 @@ def _decompressed_path(gz_key: tuple[str, int, int]) -> Path:
 
 def _gunzip(src: Path, dst: Path) -> None:
     """Decompresses ``src`` into ``dst`` atomically (via a temporary file)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, length=1 << 20)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(dst) as out, gzip.open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out, length=1 << 20)
 
 
 def _read_idx(key: tuple[str, int, int], reader: Callable[[str], torch.Tensor]) -> torch.Tensor:

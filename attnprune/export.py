@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._files import eval_mode
 from .errors import AttnpruneError
 
 __all__ = [
@@ -243,20 +244,6 @@ def _flatten_outputs(out: Any) -> list[torch.Tensor]:
     return []
 
 
-class _EvalMode:
-    def __init__(self, model: nn.Module) -> None:
-        self._model = model
-        self._saved: list[tuple[nn.Module, bool]] = []
-
-    def __enter__(self) -> nn.Module:
-        self._saved = [(m, m.training) for m in self._model.modules()]
-        self._model.eval()
-        return self._model
-
-    def __exit__(self, *exc: object) -> None:
-        for module, training in self._saved:
-            module.training = training
-
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().numpy())
@@ -470,7 +457,7 @@ def export_onnx(
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp_file = tmp_dir / path.name
     try:
-        with _EvalMode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             n_out = len(_flatten_outputs(model(*export_inputs)))
             if n_out == 0:
                 raise ValueError("model(*example_inputs) returned no tensor; nothing to export")

@@ -33,7 +33,6 @@ import copy
 import importlib
 import inspect
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +40,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ._files import atomic_file
 from .errors import AttnpruneError
 
 __all__ = [
@@ -375,12 +375,6 @@ def _compare_state(model: nn.Module, state: dict, desc: str) -> None:
         )
 
 
-def _umask_mode(mode: int = 0o666) -> int:
-    """``mode`` with the process umask applied (what ``open()`` would have given)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mode & ~mask
-
 
 # --------------------------------------------------------------------------- #
 # Public API
@@ -475,18 +469,8 @@ def save(
         "example_shape": shape,
     }
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"path must be a file path, got the directory {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        torch.save(payload, fh)
     return path
 
 

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._files import eval_mode
+
 with warnings.catch_warnings():
     # fvcore's import chain decorates helpers with ``torch.jit.script``, which
     # recent PyTorch versions flag as deprecated on every import.
@@ -130,28 +132,12 @@ def _first_sample(example_inputs: Any) -> tuple[Any, ...]:
     return tuple(sliced)
 
 
-class _EvalMode:
-    """Context manager: puts every submodule in eval mode, then restores each flag."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self._model = model
-        self._saved: list[tuple[nn.Module, bool]] = []
-
-    def __enter__(self) -> nn.Module:
-        self._saved = [(m, m.training) for m in self._model.modules()]
-        self._model.eval()
-        return self._model
-
-    def __exit__(self, *exc: object) -> None:
-        for module, training in self._saved:
-            module.training = training
-
 
 def _analyse(model: nn.Module, example_inputs: Any) -> FlopCountAnalysis:
     """Runs fvcore on one sample in eval mode and returns the finished analysis."""
     _check_model(model)
     args = _first_sample(example_inputs)
-    with _EvalMode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         analysis = (
             FlopCountAnalysis(model, args)
             .unsupported_ops_warnings(False)

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ._files import atomic_file
 __all__ = ["plot_kept_channels", "plot_score_histogram"]
 
 
@@ -73,26 +73,9 @@ def _new_figure(width: float, height: float):
 
 def _save(fig, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"path must be a file path, got the directory {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", bbox_inches="tight")
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        fig.savefig(fh, format="png", bbox_inches="tight")
     return path
-
-
-def _umask_mode(mode: int = 0o666) -> int:
-    """``mode`` with the process umask applied (what ``open()`` would have given)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mode & ~mask
 
 
 def _short(name: str, limit: int = 28) -> str:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .plots import _as_dict, _groups, _umask_mode, plot_kept_channels, plot_score_histogram
+from ._files import atomic_file
+from .plots import _as_dict, _groups, plot_kept_channels, plot_score_histogram
 
 __all__ = ["KEPT_PNG", "SCORES_PNG", "render_markdown", "write_report", "read_report"]
 
@@ -177,15 +177,8 @@ def render_markdown(report: Any, *, bench: Any = None, images: Mapping[str, str]
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w") as fh:
+        fh.write(text)
 
 
 def read_report(path: str | os.PathLike[str]) -> dict:

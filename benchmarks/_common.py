@@ -30,7 +30,6 @@ def machine() -> dict:
                                 cwd=Path(__file__).parent, check=False).stdout.strip()
     except OSError:
         commit = ""
-    import torch_pruning
     from importlib.metadata import version
 
     return {

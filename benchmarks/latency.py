@@ -25,7 +25,7 @@ from attnprune.bench import benchmark  # noqa: E402
 from attnprune.methods import Budget, get_method  # noqa: E402
 from attnprune.models import resnet20, resnet56  # noqa: E402
 
-from _common import RESULTS, write  # noqa: E402
+from _common import write  # noqa: E402
 
 SETUPS = {
     "resnet18": (lambda: torchvision.models.resnet18(), (1, 3, 224, 224), 1),

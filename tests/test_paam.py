@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
 from attnprune.methods import Budget, Context, get_method
-from attnprune.methods.paam import AttentionNet, PAAMMethod, filter_rows, leaky_exp
+from attnprune.methods.paam import AttentionNet, filter_rows, leaky_exp
 from attnprune.models import resnet20
 from attnprune.schedule import Runner
 

@@ -18,7 +18,7 @@ A method is an object with a fixed life cycle (compare ``torch.ao.pruning``'s
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from ..budget import BudgetResult
 from .base import register_method
