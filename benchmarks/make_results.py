@@ -129,7 +129,8 @@ def overhead_section(results_dir: Path) -> list[str]:
     targets = {"paam-kq AN": 1.2, "paam-kq CNN": 1.2, "abp": 1.1}
     for f in files:
         lines += _source(f)
-        lines += [f"CIFAR ResNet-56, batch {f['batch']}, {f['steps']} timed steps per arm, each arm in a fresh "
+        lines += [f"CIFAR ResNet-56, batch {f['batch']}, {f.get('threads') or 'default'} torch thread(s), "
+                  f"{f['steps']} timed steps per arm (best of two runs), each arm in a fresh "
                   f"process; plain training measured first and last (difference {100 * f['plain_noise']:.1f}%).", "",
                   "| arm | ms/step | step ÷ plain | target | peak RSS MB | memory ÷ plain (target ≤ 1.3) |",
                   "|:--|--:|--:|--:|--:|--:|"]
@@ -174,8 +175,10 @@ def latency_section(results_dir: Path) -> list[str]:
         return lines + ["Not recorded yet: run `python benchmarks/latency.py`.", ""]
     for f in files:
         lines += _source(f)
+        env = next(iter(f["models"].values()))["result"]["environment"]
         lines += [f"Pruned to ratio {f['ratio']:g} of params (L1 ranking) with and without `round_to=8`; "
-                  f"{f['rounds']} interleaved rounds. Efficiency = speedup ÷ MACs ratio.", "",
+                  f"{f['rounds']} interleaved rounds; ONNX Runtime {env.get('onnxruntime')} with "
+                  f"{env.get('threads')} intra-op thread(s). Efficiency = speedup ÷ MACs ratio.", "",
                   "| model | batch | variant | params removed % | MACs ratio | speedup (p10–p90) | efficiency | target |",
                   "|:--|--:|:--|--:|--:|--:|--:|:--|"]
         for name, m in f["models"].items():

@@ -38,7 +38,9 @@ ARMS = {
 }
 
 
-def child(arm: str, steps: int, batch: int) -> dict:
+def child(arm: str, steps: int, batch: int, threads: int | None) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
     import attnprune
     from attnprune.methods.base import Budget, Context, Phase
     from attnprune.models import resnet56
@@ -100,11 +102,12 @@ def main(argv=None) -> int:
     ap.add_argument("--arms", nargs="+", default=None, help=f"from {list(ARMS)}")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads per arm")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.steps, args.batch)))
+        print(json.dumps(child(args.child, args.steps, args.batch, args.threads)))
         return 0
     if args.quick:
         args.arms, args.steps, args.batch = args.arms or ["paam-kq CNN"], 2, 16
@@ -114,8 +117,10 @@ def main(argv=None) -> int:
     arms = [a for a in arms if ARMS[a][0] is None or ARMS[a][0] in attnprune.available_methods()]
     rows = []
     for arm in ["plain"] + arms + ["plain"]:
-        out = subprocess.run([sys.executable, __file__, "--child", arm, "--steps", str(args.steps),
-                              "--batch", str(args.batch)], capture_output=True, text=True, check=True)
+        cmd = [sys.executable, __file__, "--child", arm, "--steps", str(args.steps), "--batch", str(args.batch)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(f"{arm:18s} {1000 * row['step_s']:8.1f} ms/step  peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
@@ -128,7 +133,8 @@ def main(argv=None) -> int:
         r["memory_ratio"] = r["peak_rss_mb"] / base_m
     print(f"plain-vs-plain step-time difference (noise): {100 * noise:.1f}%")
     path = write(f"overhead-resnet56-b{args.batch}" + ("-quick" if args.quick else ""),
-                 {"rows": rows, "plain_noise": noise, "steps": args.steps, "batch": args.batch}, args.out_dir)
+                 {"rows": rows, "plain_noise": noise, "steps": args.steps, "batch": args.batch,
+                  "threads": args.threads}, args.out_dir)
     print(f"wrote {path}")
     return 0
 

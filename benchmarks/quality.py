@@ -33,6 +33,9 @@ def arm_options(arm: str, passes: int) -> tuple[str, dict]:
     warm = max(passes * 3 // 8, 1)
     if arm == "dense":
         return "dense", {}
+    if arm == "paam-3cycles":  # more alternation, same passes: 1 + 3 x (1 AN + 1 CNN) + 1
+        return "paam", dict(warmup_epochs=1, cycles=3, an_epochs=1, cnn_epochs=1, finetune_epochs=passes - 7,
+                            variant="vanilla")
     if arm in ("paam", "paam-kq", "sbf"):
         ft = passes - warm - 3  # one cycle: 1 AN epoch + 2 CNN epochs
         opts = dict(warmup_epochs=warm, cycles=1, an_epochs=1, cnn_epochs=2, finetune_epochs=ft)

@@ -59,8 +59,11 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "resnet101", "resnet152"])
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=2, help="best of N")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.models, args.size, args.repeats = ["resnet18"], 64, 1
     rows = []
