@@ -53,7 +53,10 @@ def quality_section(results_dir: Path) -> list[str]:
     rows = [dict(r, _src=f) for f in files for r in f["rows"]]
     lines += ["ResNet-20 (one input channel) on Fashion-MNIST; every arm trains on the same subset for the "
               "same number of passes (AN-only epochs count); top-1 on the full 10k test set. "
-              "Mean ± half-range over seeds where more than one seed ran.", ""]
+              "Mean ± half-range over seeds where more than one seed ran (arms with one seed are not "
+              "averaged, so a difference smaller than the spread of the arms that ran twice is a tie). "
+              "Wall times were taken with one torch thread while other work shared the machine: "
+              "compare them with care (`benchmarks/overhead.py` measures step-time ratios in isolation).", ""]
     for f in files:
         lines += _source(f)
         s = f.get("setup", {})
