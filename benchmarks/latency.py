@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "cifar-resnet56"], choices=list(SETUPS))
     ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--round-to", type=int, default=8, help="the rounded variant's round_to (default 8)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out-dir", default=None)
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
         dense = build().eval()
         models = {"dense": dense}
         achieved = {}
-        for rt in (None, 8):
+        for rt in (None, args.round_to):
             key = f"pruned-{args.ratio:g}" + (f"-round{rt}" if rt else "")
             models[key], achieved[key] = pruned_copy(build, x, args.ratio, rt)
         res = benchmark(models, x, batch_sizes=(batch,), threads=args.threads, rounds=args.rounds)
@@ -76,8 +77,10 @@ def main(argv=None) -> int:
             print(f"{name:15s} {p['model']:20s} batch {p['batch_size']:3d}  MACs ratio {p['macs_ratio']:.2f}  "
                   f"speedup {p['speedup']:.2f} ({p['speedup_p10']:.2f}-{p['speedup_p90']:.2f})  "
                   f"efficiency {p['efficiency']:.2f}", flush=True)
-    setup = "latency-" + "_".join(args.models) + ("-quick" if args.quick else "")
-    path = write(setup, {"models": results, "ratio": args.ratio, "rounds": args.rounds}, args.out_dir)
+    setup = "latency-" + "_".join(args.models) + (f"-round{args.round_to}" if args.round_to != 8 else "")
+    setup += "-quick" if args.quick else ""
+    path = write(setup, {"models": results, "ratio": args.ratio, "rounds": args.rounds, "round_to": args.round_to},
+                 args.out_dir)
     path.with_suffix(".md").write_text("\n\n".join(md) + "\n")
     print(f"wrote {path}")
     return 0

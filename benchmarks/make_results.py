@@ -179,14 +179,15 @@ def latency_section(results_dir: Path) -> list[str]:
     for f in files:
         lines += _source(f)
         env = next(iter(f["models"].values()))["result"]["environment"]
-        lines += [f"Pruned to ratio {f['ratio']:g} of params (L1 ranking) with and without `round_to=8`; "
+        lines += [f"Pruned to ratio {f['ratio']:g} of params (L1 ranking) with and without "
+                  f"`round_to={f.get('round_to', 8)}`; "
                   f"{f['rounds']} interleaved rounds; ONNX Runtime {env.get('onnxruntime')} with "
                   f"{env.get('threads')} intra-op thread(s). Efficiency = speedup ÷ MACs ratio.", "",
                   "| model | batch | variant | params removed % | MACs ratio | speedup (p10–p90) | efficiency | target |",
                   "|:--|--:|:--|--:|--:|--:|--:|:--|"]
         for name, m in f["models"].items():
             for p in m["result"]["pairs"]:
-                tv = 0.9 if name in ("resnet18", "resnet50") else (0.7 if "round8" in p["model"] else None)
+                tv = 0.9 if name in ("resnet18", "resnet50") else (0.7 if "round" in p["model"] else None)
                 tgt = f"≥ {tv} ({'met' if p['efficiency'] >= tv else 'missed'})" if tv else ""
                 lines.append(
                     f"| {name} | {p['batch_size']} | {p['model']} | {100 * m['ratio_achieved'][p['model']]:.1f} | "
