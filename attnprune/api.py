@@ -77,12 +77,20 @@ class PruneReport:
 
     def summary(self) -> str:
         """A short human-readable summary."""
-        lines = [
-            f"method {self.method}: removed {100 * self.ratio_achieved:.1f}% of {self.target} "
-            f"(asked {100 * self.ratio_requested:.1f}%)",
-            f"params {self.params_before:,} -> {self.params_after:,}   "
-            f"MACs/sample {self.macs_before:,} -> {self.macs_after:,}",
-        ]
+        if self.method_report.get("structured", True) is False:  # aswl: zeros, same shapes
+            lines = [
+                f"method {self.method} (unstructured): zeroed {100 * self.ratio_achieved:.1f}% of the weights "
+                f"(asked {100 * self.ratio_requested:.1f}%); layer shapes and MACs are unchanged",
+                f"params {self.params_before:,} -> {self.params_after:,} nonzero   "
+                f"MACs/sample {self.macs_before:,} (dense)",
+            ]
+        else:
+            lines = [
+                f"method {self.method}: removed {100 * self.ratio_achieved:.1f}% of {self.target} "
+                f"(asked {100 * self.ratio_requested:.1f}%)",
+                f"params {self.params_before:,} -> {self.params_after:,}   "
+                f"MACs/sample {self.macs_before:,} -> {self.macs_after:,}",
+            ]
         acc = [(k, getattr(self, k)) for k in ("accuracy_before_pruning", "accuracy_at_removal", "accuracy_after")]
         if any(v is not None for _, v in acc):
             lines.append("top-1 " + "   ".join(f"{k.replace('accuracy_', '')}: {v:.2f}%" for k, v in acc if v is not None))

@@ -69,6 +69,7 @@ def test_unstructured_zeros_are_the_reported_sparsity_and_nothing_remains(arch):
     assert rep.method_report["nonzero_params"] == total - zeros
     assert rep.method_report["sparsity"] == rep.ratio_achieved
     assert "nonzero" in rep.method_report["note"]
+    assert "unstructured" in rep.summary() and f"{total - zeros:,} nonzero" in rep.summary()
     assert {n: tuple(p.shape) for n, p in r.model.named_parameters()} == shapes  # same dense shapes
     assert count_hooks(r.model) == 0
     for m in r.model.modules():
