@@ -1,0 +1,205 @@
+"""Argument checks of :func:`attnprune.prune`, run before any training.
+
+Every check raises a ``TypeError`` or ``ValueError`` (or an attnprune error) that
+names the argument and its valid range or choices, before the user's model is
+copied or trained (see README, "Reliability").
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn as nn
+
+from . import distributed as dist_util
+from ._batch import call_model, to_device as _to, unpack_batch
+from .budget import select_channels
+from .instrument import Instrumented
+from .methods.base import Budget
+
+__all__ = ["model_devices", "resolve_device", "resolve_distributed", "check_seed", "check_iterable", "first_batch", "tensors", "example_from", "first_targets", "check_feeds", "check_reachable", "check_example_tensors", "check_distributed_loader"]
+
+
+def model_devices(model: nn.Module) -> set:
+    return {t.device for t in list(model.parameters()) + list(model.buffers())}
+
+
+def resolve_device(device, model: nn.Module) -> torch.device:
+    """The device to train on, checked; the model's own when ``device`` is None."""
+    devices = model_devices(model)
+    if any(d.type == "meta" for d in devices):
+        raise ValueError(
+            "model has parameters or buffers on the meta device, which hold no values; "
+            "materialise it first (e.g. model.to_empty(device='cpu'), then load its weights)"
+        )
+    if device is None:
+        if len(devices) > 1:
+            raise ValueError(
+                f"model's parameters are on several devices {sorted(str(d) for d in devices)}; "
+                "pass device= (e.g. device='cuda:0') to train on one"
+            )
+        return devices.pop() if devices else torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"device must be a torch.device or a name such as 'cpu' or 'cuda:0', got {device!r}"
+        ) from None
+    if device.type == "meta":
+        raise ValueError("device must hold real values ('cpu', 'cuda', ...), got 'meta'")
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device={str(device)!r} but CUDA is not available here; use device='cpu'")
+        if device.index is not None and device.index >= n:
+            raise ValueError(f"device={str(device)!r} but only cuda:0 to cuda:{n - 1} exist")
+    return device
+
+
+def resolve_distributed(distributed) -> bool:
+    if distributed is None:
+        return dist_util.is_active()
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be None (automatic), True or False, got {distributed!r}")
+    if distributed and not dist_util.is_active():
+        raise ValueError(
+            "distributed=True needs an initialised default process group with more than one process "
+            "(torch.distributed.init_process_group(), e.g. under torchrun)"
+        )
+    return distributed
+
+
+def check_seed(seed) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
+
+
+def check_iterable(name: str, value) -> None:
+    try:
+        iter(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an iterable of (inputs, targets), got {type(value).__name__}") from None
+
+
+def first_batch(loader):
+    check_iterable("loader", loader)
+    try:
+        batch = next(iter(loader))
+    except StopIteration:
+        raise ValueError("the loader is empty; it must yield (inputs, targets) pairs") from None
+    x, y = unpack_batch(batch)
+    for t in tensors(x) + tensors(y):
+        if t.device.type == "meta":
+            raise ValueError(
+                "the loader yields tensors on the meta device, which hold no values; "
+                "it must yield real (inputs, targets) tensors (they are moved to the training device)"
+            )
+    return x, y
+
+
+def tensors(x) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for v in x for t in tensors(v)]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in tensors(v)]
+    return []
+
+
+def example_from(inputs, n: int = 1):
+    if isinstance(inputs, torch.Tensor):
+        return inputs[:n]
+    if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs):
+        return tuple(t[:n] for t in inputs)
+    raise TypeError(
+        f"the loader's inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}"
+    )
+
+
+def first_targets(y, n: int = 2):
+    return y[:n] if isinstance(y, torch.Tensor) and y.dim() > 0 else y
+
+
+def check_feeds(work: nn.Module, example_inputs, explicit: bool, first_x, first_y, loss_fn, device) -> None:
+    """Feed ``example_inputs`` and two samples of the loader to the model, and the loss.
+
+    Runs in eval mode without gradients (nothing changes); every failure names
+    the argument at fault.
+    """
+    modes = {m: m.training for m in work.modules()}
+    work.eval()
+    try:
+        with torch.no_grad():
+            if explicit:
+                try:
+                    call_model(work, example_inputs)
+                except Exception as exc:
+                    raise ValueError(
+                        f"example_inputs cannot be fed to the model ({type(exc).__name__}: {exc}); "
+                        "pass one batch the model accepts, e.g. torch.randn(1, 3, 224, 224)"
+                    ) from exc
+            x1 = _to(example_from(first_x, 2), device)
+            y1 = _to(first_targets(first_y), device)
+            try:
+                out = call_model(work, x1)
+            except Exception as exc:
+                raise ValueError(
+                    f"the loader's inputs cannot be fed to the model ({type(exc).__name__}: {exc}); "
+                    "the loader must yield (inputs, targets) with inputs the model accepts"
+                ) from exc
+            try:
+                loss = loss_fn(out, y1)
+            except Exception as exc:
+                raise ValueError(
+                    f"loss_fn(outputs, targets) fails on the loader's first samples ({type(exc).__name__}: "
+                    f"{exc}); check the targets (class indices must lie in [0, number of outputs)) and loss_fn"
+                ) from exc
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise TypeError(
+                    "loss_fn(outputs, targets) must return a scalar tensor, got "
+                    + (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
+                       else type(loss).__name__)
+                )
+    finally:
+        for m, t in modes.items():
+            m.training = t
+
+
+def check_reachable(inst: Instrumented, budget: Budget) -> None:
+    """Dry budget search with uniform scores: an unreachable ratio fails before training.
+
+    Raises:
+        BudgetError: naming the largest reachable ratio.
+    """
+    select_channels(inst.cost, [torch.ones(g.n_channels) for g in inst.groups], budget.ratio, budget.target,
+                    round_to=budget.round_to, normalize=None)
+
+
+def check_example_tensors(example_inputs) -> None:
+    if isinstance(example_inputs, torch.Tensor):
+        return
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
+            isinstance(t, torch.Tensor) for t in example_inputs):
+        return
+    raise TypeError(
+        "example_inputs must be a tensor or a non-empty tuple of tensors (positional inputs), "
+        f"got {type(example_inputs).__name__}"
+    )
+
+
+def check_distributed_loader(loader, steps: int | None) -> None:
+    """Every rank must run the same number of steps, or DDP waits forever."""
+    all_steps = dist_util.all_gather_object(steps)
+    if len(set(all_steps)) > 1:
+        raise ValueError(
+            f"every rank must run the same number of steps per epoch, got {all_steps} (rank order); "
+            "give the loader a torch.utils.data.DistributedSampler, or set steps_per_epoch"
+        )
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, torch.utils.data.DistributedSampler) and dist_util.is_main():
+        warnings.warn(
+            "prune() runs under DistributedDataParallel but the loader has no DistributedSampler: "
+            "every rank trains on the whole data set", stacklevel=3,
+        )
