@@ -36,13 +36,15 @@ def arm_options(arm: str, passes: int) -> tuple[str, dict]:
     if arm == "paam-3cycles":  # more alternation, same passes: 1 + 3 x (1 AN + 1 CNN) + 1
         return "paam", dict(warmup_epochs=1, cycles=3, an_epochs=1, cnn_epochs=1, finetune_epochs=passes - 7,
                             variant="vanilla")
-    if arm in ("paam", "paam-kq", "sbf"):
+    if arm in ("paam", "paam-kq", "sbf", "paam-sqrt", "paam-uniform"):
         ft = passes - warm - 3  # one cycle: 1 AN epoch + 2 CNN epochs
         opts = dict(warmup_epochs=warm, cycles=1, an_epochs=1, cnn_epochs=2, finetune_epochs=ft)
         if arm == "paam-kq":
             return "paam", dict(opts, variant="kq")
         if arm == "paam":
             return "paam", dict(opts, variant="vanilla")
+        if arm in ("paam-sqrt", "paam-uniform"):  # how the L1 term weighs channel costs
+            return "paam", dict(opts, variant="vanilla", cost_weight=arm.split("-")[1])
         return "sbf", opts
     if arm in ("abp", "aswl"):  # one-stage joint training, no fine-tuning
         return arm, dict(warmup_epochs=warm, joint_epochs=passes - warm, finetune_epochs=0)

@@ -197,3 +197,22 @@ def test_lambda_calibration_separates_scores():
     assert abs(acc_analog - acc_binary) <= 5.0, (acc_analog, acc_binary)
     assert acc_binary > 50.0, "the pruned selection must still classify (chance is 10%)"
     inst.remove()
+
+
+@pytest.mark.parametrize("weighting", ["target", "sqrt", "uniform"])
+def test_cost_weighting_of_the_l1_term(weighting):
+    model = ResidualNet()
+    inst = attnprune.instrument(model, torch.randn(2, 3, 16, 16))
+    method = get_method("paam")(cost_weight=weighting)
+    method.attach(inst, Budget(0.5))
+    w = torch.cat(method.weights)
+    assert float(w.mean()) == pytest.approx(1.0)
+    costs = torch.cat(inst.cost.channel_costs("params"))
+    if weighting == "uniform":
+        assert torch.allclose(w, torch.ones_like(w))
+    else:
+        expected = costs if weighting == "target" else costs.sqrt()
+        assert torch.allclose(w, expected / expected.mean())
+    inst.remove()
+    with pytest.raises(ValueError, match="cost_weight must be one of"):
+        get_method("paam")(cost_weight="flops")

@@ -56,6 +56,7 @@ __all__ = ["PAAMConfig", "PAAMMethod", "leaky_exp", "AttentionNet", "filter_rows
 
 VARIANTS = ("auto", "vanilla", "kq")
 MASK_UPDATES = ("phase", "step")
+COST_WEIGHTS = ("target", "sqrt", "uniform")
 
 
 def leaky_exp(x: torch.Tensor, slope: float = 0.1) -> torch.Tensor:
@@ -158,6 +159,9 @@ class PAAMConfig(TrainConfig):
             in one AN phase; 6 takes a score from 1 to below 0.01.
         mask_update: Binary masks in CNN phases recomputed once per ``"phase"`` or
             every ``"step"`` (the filters, hence the scores, change as the CNN trains).
+        cost_weight: Weight of each channel in the L1 term: its cost in ``target``
+            (``"target"``, the generalised FLOPs balancing), the square root of that
+            cost (``"sqrt"``), or 1 (``"uniform"``, the paper's plain L1).
     """
 
     variant: str = "auto"
@@ -172,11 +176,14 @@ class PAAMConfig(TrainConfig):
     an_lr: float | None = None
     travel: float = 6.0
     mask_update: str = "phase"
+    cost_weight: str = "target"
 
     def __post_init__(self):
         super().__post_init__()
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.cost_weight not in COST_WEIGHTS:
+            raise ValueError(f"cost_weight must be one of {COST_WEIGHTS}, got {self.cost_weight!r}")
         if self.mask_update not in MASK_UPDATES:
             raise ValueError(f"mask_update must be one of {MASK_UPDATES}, got {self.mask_update!r}")
         if self.lam is not None and not (isinstance(self.lam, (int, float)) and self.lam >= 0):
@@ -220,6 +227,10 @@ class PAAMMethod(PruningMethod):
             self.variants.append(variant)
         self.an = nn.ModuleList(nets)
         costs = inst.cost.channel_costs(self.budget.target)
+        if c.cost_weight == "sqrt":
+            costs = [w.sqrt() for w in costs]
+        elif c.cost_weight == "uniform":
+            costs = [torch.ones_like(w) for w in costs]
         mean = torch.cat(costs).mean()
         self.weights = [(w / mean).to(device) for w in costs]
         self.lam = c.lam
