@@ -18,10 +18,25 @@ from .budget import select_channels
 from .instrument import Instrumented
 from .methods.base import Budget
 
-__all__ = ["model_devices", "resolve_device", "resolve_distributed", "check_seed", "check_iterable", "first_batch", "tensors", "example_from", "first_targets", "check_feeds", "check_reachable", "check_example_tensors", "check_distributed_loader"]
+__all__ = [
+    "model_devices",
+    "resolve_device",
+    "resolve_distributed",
+    "check_seed",
+    "check_iterable",
+    "first_batch",
+    "tensors",
+    "example_from",
+    "first_targets",
+    "check_feeds",
+    "check_reachable",
+    "check_example_tensors",
+    "check_distributed_loader",
+]
 
 
 def model_devices(model: nn.Module) -> set:
+    """Every device the model's parameters and buffers live on."""
     return {t.device for t in list(model.parameters()) + list(model.buffers())}
 
 
