@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from . import distributed as dist_util
+from ._files import eval_mode
 from ._batch import call_model, to_device as _to, unpack_batch
 from .budget import select_channels
 from .instrument import Instrumented
@@ -143,43 +144,37 @@ def check_feeds(work: nn.Module, example_inputs, explicit: bool, first_x, first_
     Runs in eval mode without gradients (nothing changes); every failure names
     the argument at fault.
     """
-    modes = {m: m.training for m in work.modules()}
-    work.eval()
-    try:
-        with torch.no_grad():
-            if explicit:
-                try:
-                    call_model(work, example_inputs)
-                except Exception as exc:
-                    raise ValueError(
-                        f"example_inputs cannot be fed to the model ({type(exc).__name__}: {exc}); "
-                        "pass one batch the model accepts, e.g. torch.randn(1, 3, 224, 224)"
-                    ) from exc
-            x1 = _to(example_from(first_x, 2), device)
-            y1 = _to(first_targets(first_y), device)
+    with eval_mode(work), torch.no_grad():
+        if explicit:
             try:
-                out = call_model(work, x1)
+                call_model(work, example_inputs)
             except Exception as exc:
                 raise ValueError(
-                    f"the loader's inputs cannot be fed to the model ({type(exc).__name__}: {exc}); "
-                    "the loader must yield (inputs, targets) with inputs the model accepts"
+                    f"example_inputs cannot be fed to the model ({type(exc).__name__}: {exc}); "
+                    "pass one batch the model accepts, e.g. torch.randn(1, 3, 224, 224)"
                 ) from exc
-            try:
-                loss = loss_fn(out, y1)
-            except Exception as exc:
-                raise ValueError(
-                    f"loss_fn(outputs, targets) fails on the loader's first samples ({type(exc).__name__}: "
-                    f"{exc}); check the targets (class indices must lie in [0, number of outputs)) and loss_fn"
-                ) from exc
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise TypeError(
-                    "loss_fn(outputs, targets) must return a scalar tensor, got "
-                    + (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
-                       else type(loss).__name__)
-                )
-    finally:
-        for m, t in modes.items():
-            m.training = t
+        x1 = _to(example_from(first_x, 2), device)
+        y1 = _to(first_targets(first_y), device)
+        try:
+            out = call_model(work, x1)
+        except Exception as exc:
+            raise ValueError(
+                f"the loader's inputs cannot be fed to the model ({type(exc).__name__}: {exc}); "
+                "the loader must yield (inputs, targets) with inputs the model accepts"
+            ) from exc
+        try:
+            loss = loss_fn(out, y1)
+        except Exception as exc:
+            raise ValueError(
+                f"loss_fn(outputs, targets) fails on the loader's first samples ({type(exc).__name__}: "
+                f"{exc}); check the targets (class indices must lie in [0, number of outputs)) and loss_fn"
+            ) from exc
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise TypeError(
+                "loss_fn(outputs, targets) must return a scalar tensor, got "
+                + (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
+                   else type(loss).__name__)
+            )
 
 
 def check_reachable(inst: Instrumented, budget: Budget) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from ._files import eval_mode
 from .groups import NORM_TYPES, POOL_TYPES, ChannelGroup
 
 __all__ = ["CostModel", "LayerCost"]
@@ -148,17 +149,13 @@ class CostModel:
                 per_sample = ref.numel() // ref.shape[0] // ref.shape[1]
             lc.spatial.append(int(per_sample))
 
-        modes = {m: m.training for m in model.modules()}
         handles = [m.register_forward_hook(hook) for m in by_module]
         try:
-            model.eval()
-            with torch.no_grad():
+            with eval_mode(model), torch.no_grad():
                 model(*args)
         finally:
             for h in handles:
                 h.remove()
-            for m, t in modes.items():
-                m.training = t
 
     def count_closed(self, closed: list[torch.Tensor]) -> tuple[int, int]:
         """(params, MACs per sample) given one bool "closed" vector per group."""

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ._files import eval_mode
 from .errors import UnsupportedModelError
 
 __all__ = [
@@ -240,7 +241,6 @@ def build_graph(model: nn.Module, args: tuple) -> tuple[tp.DependencyGraph, dict
         adaptive pooling modules that produced them (recorded by short-lived hooks
         during the trace, so their channels can be counted).
     """
-    modes = {m: m.training for m in model.modules()}
     pool_of_gradfn = {}
 
     def record(module, inputs, output):
@@ -249,7 +249,8 @@ def build_graph(model: nn.Module, args: tuple) -> tuple[tp.DependencyGraph, dict
 
     handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, POOL_TYPES)]
     try:
-        with torch.enable_grad(), warnings.catch_warnings():
+        # torch-pruning's trace switches the model to eval mode; eval_mode restores the flags
+        with eval_mode(model), torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             graph = tp.DependencyGraph().build_dependency(
                 model, example_inputs=args, forward_fn=lambda m, a: m(*a), verbose=False
@@ -263,8 +264,6 @@ def build_graph(model: nn.Module, args: tuple) -> tuple[tp.DependencyGraph, dict
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     pools = {
         node.module: pool_of_gradfn[node.grad_fn]
         for node in graph.module2node.values()

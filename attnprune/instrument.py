@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from ._files import eval_mode
 from .count import CostModel
 from .errors import EquivalenceError
 from .gates import MODES, GateSet
@@ -98,16 +99,13 @@ class Instrumented:
 
     def _check_inputs(self) -> None:
         try:
-            with torch.no_grad():
-                self.model.eval()
+            with eval_mode(self.model), torch.no_grad():
                 self.model(*self._args)
         except Exception as exc:
             raise ValueError(
                 f"example_inputs cannot be fed to the model ({type(exc).__name__}: {exc}); "
                 "pass one batch the model accepts, e.g. torch.randn(1, 3, 224, 224)"
             ) from exc
-        finally:
-            _restore_modes(self._modes)
 
     # -- state ------------------------------------------------------------------
     @property
@@ -204,13 +202,8 @@ class Instrumented:
 
     # -- finishing --------------------------------------------------------------
     def _eval_forward(self):
-        modes = {m: m.training for m in self.model.modules()}
-        try:
-            self.model.eval()
-            with torch.no_grad():
-                return self.model(*self._args)
-        finally:
-            _restore_modes(modes)
+        with eval_mode(self.model), torch.no_grad():
+            return self.model(*self._args)
 
     def finalize(self, verify: bool = True, rtol: float = 1e-4) -> nn.Module:
         """Remove the closed channels through torch-pruning and every attnprune hook.

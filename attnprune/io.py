@@ -40,7 +40,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ._files import atomic_file
+from ._files import atomic_file, eval_mode
 from .errors import AttnpruneError
 
 __all__ = [
@@ -250,14 +250,8 @@ def _first_in_channels(model: nn.Module) -> int | None:
 
 
 def _eval_output(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            return model(*inputs)
-    finally:
-        for m, t in modes.items():
-            m.training = t
+    with eval_mode(model), torch.no_grad():
+        return model(*inputs)
 
 
 def _infer_base_kwargs(model: nn.Module, base: str, inputs: tuple[torch.Tensor, ...] | None) -> dict:
@@ -336,24 +330,21 @@ def _rebuild(
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); either it is not the "
             "architecture the model was pruned from, or pass example_inputs= that it accepts"
         ) from exc
-    modes = {m: m.training for m in model.modules()}
-    model.eval()  # tracing in train mode would touch BN statistics (and fail on 1-sample BN1d)
-    try:
-        graph, _ = build_graph(model, inputs)
-    except Exception as exc:
-        raise ModelFileError(f"cannot trace the {desc} on inputs of shape {shapes}: {exc}") from exc
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph.load_pruning_history([list(h) for h in history])
-    except Exception as exc:  # noqa: BLE001 - torch-pruning raises many kinds
-        raise ModelFileError(
-            f"cannot replay the pruning history on the {desc} ({type(exc).__name__}: {exc}); "
-            "it is not the architecture the model was pruned from"
-        ) from exc
-    finally:
-        for m, t in modes.items():
-            m.training = t
+    # eval mode: tracing in train mode would touch BN statistics (and fail on 1-sample BN1d)
+    with eval_mode(model):
+        try:
+            graph, _ = build_graph(model, inputs)
+        except Exception as exc:
+            raise ModelFileError(f"cannot trace the {desc} on inputs of shape {shapes}: {exc}") from exc
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                graph.load_pruning_history([list(h) for h in history])
+        except Exception as exc:  # noqa: BLE001 - torch-pruning raises many kinds
+            raise ModelFileError(
+                f"cannot replay the pruning history on the {desc} ({type(exc).__name__}: {exc}); "
+                "it is not the architecture the model was pruned from"
+            ) from exc
     return model
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ._files import eval_mode
 from ._batch import call_model as _call, to_device as _to, unpack_batch
 from . import distributed as dist_util
 from .errors import AttnpruneError
@@ -62,10 +63,8 @@ def evaluate(model: nn.Module, loader: Iterable, device=None, max_batches: int |
         distributed: Sum the counts over the processes of the default process group
             (each rank evaluating its shard gives the accuracy over all shards).
     """
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     correct = total = 0
-    try:
+    with eval_mode(model):
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
@@ -74,9 +73,6 @@ def evaluate(model: nn.Module, loader: Iterable, device=None, max_batches: int |
             pred = _call(model, x).argmax(1)
             correct += int((pred == y).sum())
             total += int(y.numel())
-    finally:
-        for m, t in modes.items():
-            m.training = t
     if distributed:
         counts = dist_util.all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64,
                                                        device=_counts_device(model)))

@@ -24,6 +24,7 @@ import torch
 import torch_pruning as tp
 
 from .._batch import call_model
+from .._files import eval_mode
 from ..groups import NORM_TYPES
 from .base import Phase, PruningMethod, TrainConfig, register_method
 
@@ -112,14 +113,11 @@ class TaylorMethod(_TPImportanceMethod):
             raise RuntimeError("taylor needs batches and a loss: attach it with a Context")
         model = self.inst.model
         model.zero_grad(set_to_none=True)
-        modes = {m: m.training for m in model.modules()}
-        model.eval()
-        for i, (x, y) in enumerate(ctx.batches()):
-            if i >= self.config.taylor_batches:
-                break
-            ctx.loss_fn(call_model(model, x), y).backward()
-        for m, t in modes.items():
-            m.training = t
+        with eval_mode(model):
+            for i, (x, y) in enumerate(ctx.batches()):
+                if i >= self.config.taylor_batches:
+                    break
+                ctx.loss_fn(call_model(model, x), y).backward()
         base = super().scores()
         for g, s in zip(self.inst.groups, base):
             extra = torch.zeros(g.n_channels)

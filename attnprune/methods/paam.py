@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 
 from .._batch import call_model
+from .._files import eval_mode
 from ..budget import select_channels
 from ..groups import ChannelGroup
 from .base import Phase, PruningMethod, TrainConfig, register_method
@@ -324,17 +325,14 @@ class PAAMMethod(PruningMethod):
         ones = [torch.ones(g.n_channels, device=w.device, requires_grad=True)
                 for g, w in zip(self.inst.groups, self.weights)]
         model = self.inst.model
-        modes = {m: m.training for m in model.modules()}
         old_mode, old_scores = self.inst.mode, self.inst._gates.scores
         try:
-            model.eval()
             self.inst.set_scores(ones)
             self.inst.mode = "analog"
             x, y = next(iter(ctx.batches()))
-            grads = torch.autograd.grad(ctx.loss_fn(call_model(model, x), y), ones, allow_unused=True)
+            with eval_mode(model):
+                grads = torch.autograd.grad(ctx.loss_fn(call_model(model, x), y), ones, allow_unused=True)
         finally:
-            for m, t in modes.items():
-                m.training = t
             self.inst.set_scores(old_scores if old_scores is not None else ones)
             self.inst.mode = old_mode
         per_cost = torch.cat([
