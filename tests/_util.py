@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 from fvcore.nn import FlopCountAnalysis, parameter_count
+from torch.utils.data import DataLoader, TensorDataset
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -31,6 +34,29 @@ def random_masks(groups, keep=0.5, seed=0):
         pattern[torch.randint(unit, (1,), generator=g)] = True
         masks.append(pattern.repeat(grp.ch_groups))
     return masks
+
+
+def synthetic_loader(shape, n=64, batch=16, classes=10, seed=0):
+    """A loader of ``n`` random inputs of ``shape`` with random labels (not shuffled)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch)
+
+
+def snapshot(m: nn.Module):
+    """The model's state and every submodule's train/eval flag, to compare later."""
+    return copy.deepcopy(m.state_dict()), {n: mod.training for n, mod in m.named_modules()}
+
+
+def assert_unchanged(m: nn.Module, snap) -> None:
+    """Same state (bit for bit), same modes, no hooks: the user's model was left alone."""
+    state, modes = snap
+    now = m.state_dict()
+    assert now.keys() == state.keys()
+    assert all(torch.equal(v, now[k]) for k, v in state.items())
+    assert {n: mod.training for n, mod in m.named_modules()} == modes
+    assert count_hooks(m) == 0
 
 
 def count_hooks(model: nn.Module) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
 import attnprune.methods.abp  # noqa: F401  (registration, before methods/__init__ imports it)
@@ -15,16 +14,9 @@ from attnprune.methods.base import Budget, Context
 from attnprune.models import resnet20
 from attnprune.schedule import Runner
 
-from _util import ResidualNet, count_hooks, fvcore_counts
+from _util import ResidualNet, count_hooks, fvcore_counts, synthetic_loader
 
 FAST = dict(joint_epochs=2, ramp_epochs=1, progress=False, seed=0)
-
-
-def _loader(shape, n=64, batch=16, classes=10, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, *shape, generator=g)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=batch)
 
 
 ARCHS = {
@@ -72,7 +64,7 @@ def test_relu_pass_at_zero_keeps_values_and_passes_gradient():
 def _attached(model, x, ratio=0.5, **options):
     inst = attnprune.instrument(model, x)
     algo = ABPMethod(**options)
-    loader = _loader(tuple(x.shape[1:]))
+    loader = synthetic_loader(tuple(x.shape[1:]))
     runner = Runner(loader=loader, loss_fn=nn.functional.cross_entropy, progress=False)
     algo.attach(inst, Budget(ratio), Context(steps_per_epoch=runner.steps_in_epoch()))
     return inst, algo, runner
@@ -119,7 +111,7 @@ def test_budget_met_and_model_shrinks(arch, ste):
     build, shape = ARCHS[arch]
     torch.manual_seed(0)
     model = build()
-    r = attnprune.prune(model, _loader(shape), 0.5, method="abp", ste=ste, **FAST)
+    r = attnprune.prune(model, synthetic_loader(shape), 0.5, method="abp", ste=ste, **FAST)
     rep = r.report
     assert abs(rep.ratio_achieved - 0.5) <= 0.01
     params, _ = fvcore_counts(r.model, torch.randn(2, *shape))
@@ -161,7 +153,7 @@ def test_trained_gates_are_removed_and_gated_equals_pruned():
 
 def test_fixed_threshold_reports_the_ratio_reached():
     torch.manual_seed(0)
-    r = attnprune.prune(ResidualNet(), _loader((3, 16, 16)), 0.5, method="abp", threshold_mode="fixed", t0=0.5, **FAST)
+    r = attnprune.prune(ResidualNet(), synthetic_loader((3, 16, 16)), 0.5, method="abp", threshold_mode="fixed", t0=0.5, **FAST)
     mr = r.report.method_report
     assert mr["threshold_mode"] == "fixed"
     assert mr["ratio_reached"] == pytest.approx(r.report.ratio_achieved)
@@ -187,7 +179,7 @@ def test_learned_importance_serves_abs_m():
 def test_unreachable_ratio_fails_before_training():
     with pytest.raises(attnprune.BudgetError, match="largest reachable"):
         # with round_to=8 every group keeps at least 8 channels: 95% is out of reach
-        attnprune.prune(ResidualNet(), _loader((3, 16, 16)), 0.95, method="abp", round_to=8, **FAST)
+        attnprune.prune(ResidualNet(), synthetic_loader((3, 16, 16)), 0.95, method="abp", round_to=8, **FAST)
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
-from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
 import attnprune.methods.aswl  # noqa: F401  (registration, before methods/__init__ imports it)
@@ -17,16 +16,9 @@ from attnprune.methods.base import Budget, Context
 from attnprune.models import resnet20
 from attnprune.schedule import Runner
 
-from _util import MLP, BiasNoNormNet, ResidualNet, count_hooks, fvcore_counts
+from _util import MLP, BiasNoNormNet, ResidualNet, count_hooks, fvcore_counts, synthetic_loader
 
 FAST = dict(joint_epochs=2, ramp_epochs=1, progress=False, seed=0)
-
-
-def _loader(shape, n=64, batch=16, classes=10, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, *shape, generator=g)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=batch)
 
 
 ARCHS = {
@@ -60,7 +52,7 @@ def test_unstructured_zeros_are_the_reported_sparsity_and_nothing_remains(arch):
     torch.manual_seed(0)
     model = build()
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    r = attnprune.prune(model, _loader(shape), 0.5, method="aswl", **FAST)
+    r = attnprune.prune(model, synthetic_loader(shape), 0.5, method="aswl", **FAST)
     rep = r.report
     zeros, total = _zeros(r.model)
     assert abs(rep.ratio_achieved - 0.5) <= 0.01
@@ -87,7 +79,7 @@ def test_unstructured_plain_model_equals_masked_attended_model():
     x = torch.randn(16, 3, 16, 16)
     inst = attnprune.instrument(model, x)
     algo = ASWLMethod(joint_epochs=1, ramp_epochs=1)
-    runner = Runner(loader=_loader((3, 16, 16)), loss_fn=nn.functional.cross_entropy, progress=False)
+    runner = Runner(loader=synthetic_loader((3, 16, 16)), loss_fn=nn.functional.cross_entropy, progress=False)
     algo.attach(inst, Budget(0.6), Context(steps_per_epoch=runner.steps_in_epoch()))
     for phase in algo.phases():
         runner.run(model, phase, algo)
@@ -111,7 +103,7 @@ def test_unstructured_plain_model_equals_masked_attended_model():
 
 def test_unstructured_fixed_epochs_keep_the_final_ratio():
     torch.manual_seed(0)
-    r = attnprune.prune(ResidualNet(), _loader((3, 16, 16)), 0.3, method="aswl", fixed_epochs=1, **FAST)
+    r = attnprune.prune(ResidualNet(), synthetic_loader((3, 16, 16)), 0.3, method="aswl", fixed_epochs=1, **FAST)
     zeros, total = _zeros(r.model)
     assert abs(zeros / total - 0.3) <= 0.01
     assert [h.phase for h in r.report.history] == ["joint", "joint", "fixed"]
@@ -121,14 +113,14 @@ def test_unstructured_rejects_finetuning_and_unreachable_ratio():
     with pytest.raises(ValueError, match="finetune_epochs must be 0"):
         ASWLMethod(finetune_epochs=1)
     with pytest.raises(attnprune.BudgetError, match="largest reachable"):
-        attnprune.prune(ResidualNet(), _loader((3, 16, 16)), 0.999, method="aswl", **FAST)
+        attnprune.prune(ResidualNet(), synthetic_loader((3, 16, 16)), 0.999, method="aswl", **FAST)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_structured_budget_met_and_model_shrinks(arch):
     build, shape = ARCHS[arch]
     torch.manual_seed(0)
-    r = attnprune.prune(build(), _loader(shape), 0.5, method="aswl-structured", finetune_epochs=0, **FAST)
+    r = attnprune.prune(build(), synthetic_loader(shape), 0.5, method="aswl-structured", finetune_epochs=0, **FAST)
     rep = r.report
     assert abs(rep.ratio_achieved - 0.5) <= 0.01
     params, _ = fvcore_counts(r.model, torch.randn(2, *shape))
@@ -144,7 +136,7 @@ def test_structured_gates_scores_fold_and_gated_equals_pruned():
     x = torch.randn(8, 3, 16, 16)
     inst = attnprune.instrument(model, x)
     algo = ASWLStructuredMethod(joint_epochs=1, ramp_epochs=1, finetune_epochs=0)
-    runner = Runner(loader=_loader((3, 16, 16)), loss_fn=nn.functional.cross_entropy, progress=False)
+    runner = Runner(loader=synthetic_loader((3, 16, 16)), loss_fn=nn.functional.cross_entropy, progress=False)
     algo.attach(inst, Budget(0.5), Context(steps_per_epoch=runner.steps_in_epoch()))
     phases = algo.phases()
     algo.start_phase(phases[-1])
@@ -187,7 +179,7 @@ def test_structured_gates_scores_fold_and_gated_equals_pruned():
 
 def test_structured_mask_training_and_macs_target():
     torch.manual_seed(0)
-    r = attnprune.prune(ResidualNet(), _loader((3, 16, 16)), 0.4, method="aswl-structured", target="macs",
+    r = attnprune.prune(ResidualNet(), synthetic_loader((3, 16, 16)), 0.4, method="aswl-structured", target="macs",
                         mask_training=True, finetune_epochs=0, **FAST)
     assert abs(r.report.ratio_achieved - 0.4) <= 0.01
     assert abs(1 - r.report.macs_after / r.report.macs_before - 0.4) <= 0.01

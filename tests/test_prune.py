@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import runpy
 import sys
@@ -17,7 +16,7 @@ import attnprune
 from attnprune.methods import Budget, get_method
 from attnprune.models import resnet20
 
-from _util import count_hooks
+from _util import assert_unchanged, count_hooks, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(warmup_epochs=1, finetune_epochs=1)
@@ -34,17 +33,6 @@ def tiny_data(n=64, seed=0):
 def model():
     torch.manual_seed(0)
     return resnet20(in_channels=1)
-
-
-def snapshot(m):
-    return copy.deepcopy(m.state_dict()), {n: mod.training for n, mod in m.named_modules()}
-
-
-def assert_unchanged(m, snap):
-    state, modes = snap
-    assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
-    assert {n: mod.training for n, mod in m.named_modules()} == modes
-    assert count_hooks(m) == 0
 
 
 @pytest.mark.parametrize("method", ["l1", "taylor", "slim", "random"])

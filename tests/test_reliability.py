@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -18,7 +17,7 @@ import attnprune.api as api
 from attnprune import BudgetError, TrainingDivergedError, UnsupportedModelError
 from attnprune.models import resnet20
 
-from _util import count_hooks
+from _util import assert_unchanged, count_hooks, snapshot
 
 
 def tiny_data(n=32, seed=0, channels=1, classes=10):
@@ -32,19 +31,6 @@ def tiny_data(n=32, seed=0, channels=1, classes=10):
 def model():
     torch.manual_seed(0)
     return resnet20(in_channels=1)
-
-
-def snapshot(m):
-    return copy.deepcopy(m.state_dict()), {n: mod.training for n, mod in m.named_modules()}
-
-
-def assert_unchanged(m, snap):
-    state, modes = snap
-    now = m.state_dict()
-    assert now.keys() == state.keys()
-    assert all(torch.equal(v, now[k]) for k, v in state.items())
-    assert {n: mod.training for n, mod in m.named_modules()} == modes
-    assert count_hooks(m) == 0
 
 
 class Counting:
