@@ -8,13 +8,13 @@ the physically pruned model computes.
 
 __version__ = "0.1.0"
 
-from .api import DEFAULT_METHOD, PruneReport, PruneResult, prune
-from .budget import BudgetResult, select_channels
+from .train.pipeline import DEFAULT_METHOD, PruneReport, PruneResult, prune
+from .core.budget import BudgetResult, select_channels
 from .errors import AttnpruneError, BudgetError, EquivalenceError, UnsupportedModelError
-from .importance import LearnedImportance
-from .instrument import Instrumented, instrument
+from .methods.importance import LearnedImportance
+from .core.instrument import Instrumented, instrument
 from .methods import Budget, Context, PruningMethod, available_methods, get_method, register_method
-from .schedule import Runner, TrainingDivergedError, evaluate
+from .train.runner import Runner, TrainingDivergedError, evaluate
 
 __all__ = [
     "__version__",

@@ -94,7 +94,7 @@ def _info(args: argparse.Namespace, message: str) -> None:
 
 def _model_kind(spec: str, flag: str = "--model") -> str:
     """``"name"`` or ``"factory"``; raises :class:`CLIError` for anything else."""
-    from .io import resolve_factory
+    from .deploy.serialize import resolve_factory
     from .models import MODELS, torchvision_model_names
 
     if ":" in spec:
@@ -115,7 +115,7 @@ def _model_kind(spec: str, flag: str = "--model") -> str:
 
 def _build(spec: str, kind: str, num_classes: int, in_channels: int) -> tuple[Any, dict]:
     """The dense model, and the constructor kwargs to record for reloading."""
-    from .io import _call_factory, resolve_factory
+    from .deploy.serialize import _call_factory, resolve_factory
     from .models import build_model
 
     kwargs = {"num_classes": num_classes, "in_channels": in_channels}
@@ -299,7 +299,7 @@ def _input_shape(args: argparse.Namespace, info: dict | None) -> list[int]:
 
 
 def _read_info(path: str, flag: str) -> dict:
-    from .io import read_info
+    from .deploy.serialize import read_info
 
     try:
         return read_info(path)
@@ -310,7 +310,7 @@ def _read_info(path: str, flag: str) -> dict:
 
 
 def _load_model(path: str, flag: str, base: str | None):
-    from .io import load
+    from .deploy.serialize import load
 
     info = _read_info(path, flag)
     recorded = info["base"]
@@ -333,14 +333,14 @@ def _load_model(path: str, flag: str, base: str | None):
 def _cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
-    from . import api
-    from .budget import check_ratio, check_round_to
-    from .export import export_onnx
-    from .io import save
+    from .train import pipeline as api
+    from .core.budget import check_ratio, check_round_to
+    from .deploy.export import export_onnx
+    from .deploy.serialize import save
     from .methods import get_method, make_config
     from .models import needs_rgb
     from ._files import umask_mode as _umask_mode
-    from .report_md import write_report
+    from .report.markdown import write_report
 
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir (the folder holding checkpoint.pt)")
@@ -424,7 +424,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from .export import export_onnx
+    from .deploy.export import export_onnx
 
     info = _read_info(args.model_file, "--model-file")
     shape = _input_shape(args, info)
@@ -458,8 +458,8 @@ def _bench_entry(spec: str, flag: str, base: str | None, num_classes: int, in_ch
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .bench import benchmark
-    from .io import load_base
+    from .deploy.bench import benchmark
+    from .deploy.serialize import load_base
 
     pruned_is_file = Path(args.pruned).suffix.lower() != ".onnx"
     info = _read_info(args.pruned, "--pruned") if pruned_is_file else None
@@ -493,14 +493,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.markdown:
         p = Path(args.markdown)
         p.parent.mkdir(parents=True, exist_ok=True)
-        from .report_md import _write_text
+        from .report.markdown import _write_text
 
         _write_text(p, md + "\n")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report_md import read_report, render_markdown, write_report
+    from .report.markdown import read_report, render_markdown, write_report
 
     try:
         report = read_report(args.report)
@@ -537,9 +537,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``attnprune`` command (one subparser per subcommand)."""
     from . import __version__
-    from .api import DEFAULT_METHOD
-    from .budget import TARGETS
-    from .export import PROVIDERS
+    from .train.pipeline import DEFAULT_METHOD
+    from .core.budget import TARGETS
+    from .deploy.export import PROVIDERS
     from .methods import available_methods
 
     parser = argparse.ArgumentParser(

@@ -3,7 +3,7 @@
 Each model is pruned to ``ratio`` of its parameters with and without ``round_to=8``
 (channels ranked by L1 norm: any ranking will do for latency), exported to ONNX and
 timed against its dense original in interleaved rounds
-(:func:`attnprune.bench.benchmark`). Writes ``results/latency-<setup>.json`` and a
+(:func:`attnprune.deploy.bench.benchmark`). Writes ``results/latency-<setup>.json`` and a
 Markdown table beside it.
 
     python benchmarks/latency.py            # resnet18/50 at 224x224 batch 1, CIFAR ResNet-56 batch 32
@@ -21,7 +21,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import attnprune  # noqa: E402
-from attnprune.bench import benchmark  # noqa: E402
+from attnprune.deploy.bench import benchmark  # noqa: E402
 from attnprune.methods import Budget, get_method  # noqa: E402
 from attnprune.models import resnet20, resnet56  # noqa: E402
 

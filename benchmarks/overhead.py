@@ -44,7 +44,7 @@ def child(arm: str, steps: int, batch: int, threads: int | None) -> dict:
     import attnprune
     from attnprune.methods.base import Budget, Context, Phase
     from attnprune.models import resnet56
-    from attnprune.schedule import Runner
+    from attnprune.train.runner import Runner
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ import attnprune  # noqa: E402
 from attnprune.data import fashion_mnist_loaders  # noqa: E402
 from attnprune.methods.base import Phase  # noqa: E402
 from attnprune.models import resnet20  # noqa: E402
-from attnprune.schedule import Runner, evaluate  # noqa: E402
+from attnprune.train.runner import Runner, evaluate  # noqa: E402
 
 from _common import write  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Surgery time: instrument + finalize on torchvision ResNets of growing depth.
 
-Measures, per model, the wall time of ``attnprune.instrument`` (dependency graph,
+Measures, per model, the wall time of ``attnprune.core.instrument`` (dependency graph,
 groups, gates, cost model) and of ``finalize`` (removal through torch-pruning plus
 the gated == pruned check), with random masks closing half of each group, and fits
 time against the number of conv/linear layers.

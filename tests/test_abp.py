@@ -8,11 +8,11 @@ import torch.nn as nn
 
 import attnprune
 import attnprune.methods.abp  # noqa: F401  (registration, before methods/__init__ imports it)
-from attnprune.instrument import outputs_close
+from attnprune.core.instrument import outputs_close
 from attnprune.methods.abp import ABPMethod, ReluPassAtZero, binary_gate
 from attnprune.methods.base import Budget, Context
 from attnprune.models import resnet20
-from attnprune.schedule import Runner
+from attnprune.train.runner import Runner
 
 from _util import ResidualNet, count_hooks, fvcore_counts, synthetic_loader
 

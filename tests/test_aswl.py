@@ -10,11 +10,11 @@ from torch.nn.utils import parametrize
 
 import attnprune
 import attnprune.methods.aswl  # noqa: F401  (registration, before methods/__init__ imports it)
-from attnprune.instrument import outputs_close
+from attnprune.core.instrument import outputs_close
 from attnprune.methods.aswl import ASWLMethod, ASWLStructuredMethod, layer_ratios
 from attnprune.methods.base import Budget, Context
 from attnprune.models import resnet20
-from attnprune.schedule import Runner
+from attnprune.train.runner import Runner
 
 from _util import MLP, BiasNoNormNet, ResidualNet, count_hooks, fvcore_counts, synthetic_loader
 

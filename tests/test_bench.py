@@ -1,4 +1,4 @@
-"""Tests for attnprune.bench."""
+"""Tests for attnprune.deploy.bench."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from attnprune.bench import BenchResult, benchmark, environment_info
-from attnprune.metrics import count_macs
+from attnprune.deploy.bench import BenchResult, benchmark, environment_info
+from attnprune.deploy.metrics import count_macs
 
 
 def tiny_net() -> nn.Sequential:

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 import attnprune
-from attnprune.budget import select_channels
+from attnprune.core.budget import select_channels
 from attnprune.errors import BudgetError
 from attnprune.models import resnet20
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import attnprune
-import attnprune.io as aio
+import attnprune.deploy.serialize as aio
 from attnprune import cli
 from attnprune.data import find_fashion_mnist
 
@@ -129,7 +129,7 @@ def test_value_error_from_prune_is_a_clean_exit_2(tmp_path, capsys, monkeypatch)
         seen["options"] = {k: kw[k] for k in ("warmup_epochs", "finetune_epochs", "steps_per_epoch", "lr")}
         raise attnprune.BudgetError("ratio 0.9 cannot be reached; the largest reachable is 0.85")
 
-    monkeypatch.setattr(attnprune.api, "prune", failing_prune)
+    monkeypatch.setattr(attnprune.train.pipeline, "prune", failing_prune)
     out = tmp_path / "o"
     rc = cli.main(["prune", "--model", "resnet18", "--method", "l1", "--ratio", "0.9", "--option", "lr=1e-3",
                    "--out", str(out), *TINY])
@@ -195,7 +195,7 @@ def test_image_folder_data(tmp_path, capsys, monkeypatch):
         seen["classes"] = model.fc.out_features
         raise ValueError("stop here")
 
-    monkeypatch.setattr(attnprune.api, "prune", failing_prune)
+    monkeypatch.setattr(attnprune.train.pipeline, "prune", failing_prune)
     out = tmp_path / "o"
     rc = cli.main(["prune", "--model", "resnet20", "--data", str(data), "--image-size", "16",
                    "--batch-size", "4", "--method", "l1", "--out", str(out), "--quiet"])
@@ -215,7 +215,7 @@ def test_factory_model(tmp_path, capsys, monkeypatch):
         seen["model"] = model
         raise ValueError("stop here")
 
-    monkeypatch.setattr(attnprune.api, "prune", failing_prune)
+    monkeypatch.setattr(attnprune.train.pipeline, "prune", failing_prune)
     rc = cli.main(["prune", "--model", "attnprune.models:resnet32", "--method", "l1",
                    "--out", str(tmp_path / "o"), *TINY])
     assert rc == 2 and "stop here" in capsys.readouterr().err

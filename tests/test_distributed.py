@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import attnprune
-from attnprune.distributed import free_port
+from attnprune.train.distributed import free_port
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
@@ -72,7 +72,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
-        import attnprune.checkpoint as ckpt
+        import attnprune.train.checkpoint as ckpt
 
         writes = []
         real_save = ckpt.atomic_save

@@ -1,4 +1,4 @@
-"""Tests for attnprune.export."""
+"""Tests for attnprune.deploy.export."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torchvision
 from torch import nn
 from torchvision import models as tvm
 
-import attnprune.export as export_mod
-from attnprune.export import ExportMismatchError, export_onnx, onnx_session
+import attnprune.deploy.export as export_mod
+from attnprune.deploy.export import ExportMismatchError, export_onnx, onnx_session
 
 
 def tiny_net() -> nn.Sequential:

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torchvision
 
 import attnprune
-from attnprune.instrument import outputs_close
+from attnprune.core.instrument import outputs_close
 from attnprune.models import resnet20
 
 from _util import TOY_MODELS, count_hooks, fvcore_counts, random_masks, randomize_bn

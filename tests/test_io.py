@@ -1,4 +1,4 @@
-"""Tests for attnprune.io: weights_only-safe save/load of pruned models."""
+"""Tests for attnprune.deploy.serialize: weights_only-safe save/load of pruned models."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
-import attnprune.io as aio
-from attnprune.io import FORMAT, ModelFileError
+import attnprune.deploy.serialize as aio
+from attnprune.deploy.serialize import FORMAT, ModelFileError
 from attnprune.models import build_model, resnet20
 
 from _util import random_masks, randomize_bn

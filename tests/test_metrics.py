@@ -1,4 +1,4 @@
-"""Tests for attnprune.metrics."""
+"""Tests for attnprune.deploy.metrics."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     from fvcore.nn import parameter_count
 
-from attnprune.metrics import (
+from attnprune.deploy.metrics import (
     LayerStat,
     count_macs,
     count_params,

@@ -13,7 +13,7 @@ import attnprune
 from attnprune.methods import Budget, Context, get_method
 from attnprune.methods.paam import AttentionNet, filter_rows, leaky_exp
 from attnprune.models import resnet20
-from attnprune.schedule import Runner
+from attnprune.train.runner import Runner
 
 from _util import ResidualNet
 

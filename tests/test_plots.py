@@ -1,4 +1,4 @@
-"""Tests for attnprune.plots and attnprune.report_md (figures and the Markdown report)."""
+"""Tests for attnprune.report.plots and attnprune.report.markdown (figures and the Markdown report)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import matplotlib.image
 import pytest
 import torch
 
-from attnprune.api import GroupReport, PruneReport
-from attnprune.plots import plot_kept_channels, plot_score_histogram
-from attnprune.report_md import KEPT_PNG, SCORES_PNG, read_report, render_markdown, write_report
-from attnprune.schedule import EpochRecord
+from attnprune.train.pipeline import GroupReport, PruneReport
+from attnprune.report.plots import plot_kept_channels, plot_score_histogram
+from attnprune.report.markdown import KEPT_PNG, SCORES_PNG, read_report, render_markdown, write_report
+from attnprune.train.runner import EpochRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
-import attnprune.api as api
+import attnprune.train.pipeline as api
 from attnprune import BudgetError, TrainingDivergedError, UnsupportedModelError
 from attnprune.models import resnet20
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
-from attnprune.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
+from attnprune.train.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
 from attnprune.methods import Budget, available_methods, get_method
 from attnprune.models import resnet20
 

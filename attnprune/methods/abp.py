@@ -24,7 +24,7 @@ How the user's ``ratio`` decides ``t`` (``threshold_mode``):
 * ``"budget"`` (default): the threshold follows the budget during training. The
   budget ramps from 0 to ``ratio`` over the first ``ramp_epochs`` of the joint
   phase; at every step the kept set is the global budget selection
-  (:func:`attnprune.budget.select_channels`, cost-aware, ``round_to`` included) on
+  (:func:`attnprune.core.budget.select_channels`, cost-aware, ``round_to`` included) on
   the scores ``|m|`` (recomputed after every update of ``m``), and each group's
   ``t`` is the largest closed ``|m|`` of the group, so the kept set is exactly
   ``{|m| > t}`` and eq. (4)/(5) hold literally
@@ -121,8 +121,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..budget import BudgetResult, select_channels
-from ..groups import ChannelGroup
+from ..core.budget import BudgetResult, select_channels
+from ..core.groups import ChannelGroup
 from .base import Phase, PruningMethod, TrainConfig, register_method
 
 __all__ = ["ABPConfig", "ABPMethod", "BinaryGate", "ReluPassAtZero", "binary_gate", "filter_l1"]

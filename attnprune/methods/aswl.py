@@ -84,10 +84,10 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from ..budget import BudgetResult, select_channels
+from ..core.budget import BudgetResult, select_channels
 from ..errors import BudgetError, EquivalenceError
-from ..groups import NORM_TYPES
-from ..instrument import outputs_close
+from ..core.groups import NORM_TYPES
+from ..core.instrument import outputs_close
 from .abp import filter_l1
 from .base import Phase, PruningMethod, TrainConfig, register_method
 

@@ -24,8 +24,8 @@ from typing import Callable, ClassVar
 import torch
 import torch.nn as nn
 
-from ..budget import BudgetResult, check_ratio, check_round_to, check_target, select_channels
-from ..instrument import Instrumented
+from ..core.budget import BudgetResult, check_ratio, check_round_to, check_target, select_channels
+from ..core.instrument import Instrumented
 
 __all__ = [
     "TrainConfig",
@@ -159,7 +159,7 @@ class PruningMethod:
 
     Attributes:
         normalize: How :meth:`select` makes scores of different groups comparable
-            (see :mod:`attnprune.budget`); ``None`` for scores trained on one scale.
+            (see :mod:`attnprune.core.budget`); ``None`` for scores trained on one scale.
     """
 
     name: ClassVar[str] = ""

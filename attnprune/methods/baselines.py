@@ -11,7 +11,7 @@ are added here.
 scales during warm-up, then rank by ``|gamma|`` (``tp.importance.BNScaleImportance``).
 ``random``: uniformly random scores (a sanity floor).
 
-All four are ranked globally by :mod:`attnprune.budget` (mean-normalised per group);
+All four are ranked globally by :mod:`attnprune.core.budget` (mean-normalised per group);
 torch-pruning's own global mode is not used, since it silently skips a group whose
 channels all fall under the threshold.
 """
@@ -25,7 +25,7 @@ import torch_pruning as tp
 
 from .._batch import call_model
 from .._files import eval_mode
-from ..groups import NORM_TYPES
+from ..core.groups import NORM_TYPES
 from .base import Phase, PruningMethod, TrainConfig, register_method
 
 __all__ = ["BaselineConfig", "TaylorConfig", "SlimConfig", "L1Method", "TaylorMethod", "SlimMethod", "RandomMethod"]

@@ -49,8 +49,8 @@ import torch.nn as nn
 
 from .._batch import call_model
 from .._files import eval_mode
-from ..budget import select_channels
-from ..groups import ChannelGroup
+from ..core.budget import select_channels
+from ..core.groups import ChannelGroup
 from .base import Phase, PruningMethod, TrainConfig, register_method
 
 __all__ = ["PAAMConfig", "PAAMMethod", "leaky_exp", "AttentionNet", "filter_rows"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-from ..budget import BudgetResult
+from ..core.budget import BudgetResult
 from .base import register_method
 from .paam import PAAMConfig, PAAMMethod
 

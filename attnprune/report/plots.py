@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ._files import atomic_file
+from .._files import atomic_file
 __all__ = ["plot_kept_channels", "plot_score_histogram"]
 
 

@@ -13,11 +13,11 @@ import torch
 import torch.nn as nn
 
 from . import distributed as dist_util
-from ._files import eval_mode
-from ._batch import call_model, to_device as _to, unpack_batch
-from .budget import select_channels
-from .instrument import Instrumented
-from .methods.base import Budget
+from .._files import eval_mode
+from .._batch import call_model, to_device as _to, unpack_batch
+from ..core.budget import select_channels
+from ..core.instrument import Instrumented
+from ..methods.base import Budget
 
 __all__ = [
     "model_devices",

@@ -1,10 +1,10 @@
 """Markdown and JSON write-up of a pruning run.
 
 :func:`write_report` fills a folder with ``report.json`` (``PruneReport.to_dict()``),
-the figures of :mod:`attnprune.plots` and ``report.md``: a summary table (method,
+the figures of :mod:`attnprune.report.plots` and ``report.md``: a summary table (method,
 requested and achieved ratio, params and MACs before and after, accuracies), the
 kept channels of every group, the training history, the method's scalar details
-and, when a :class:`attnprune.bench.BenchResult` is given, its latency tables.
+and, when a :class:`attnprune.deploy.bench.BenchResult` is given, its latency tables.
 :func:`render_markdown` returns the same Markdown as a string.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ._files import atomic_file
+from .._files import atomic_file
 from .plots import _as_dict, _groups, plot_kept_channels, plot_score_histogram
 
 __all__ = ["KEPT_PNG", "SCORES_PNG", "render_markdown", "write_report", "read_report"]
@@ -63,7 +63,7 @@ def _scalar(v: Any) -> str:
 
 
 def _bench_markdown(bench: Any) -> str:
-    from .bench import BenchResult
+    from ..deploy.bench import BenchResult
 
     if isinstance(bench, BenchResult):
         return bench.to_markdown()
@@ -72,7 +72,7 @@ def _bench_markdown(bench: Any) -> str:
             return BenchResult(**bench).to_markdown()
         except (TypeError, KeyError) as exc:
             raise ValueError(f"bench must be a BenchResult or its to_dict() form: {exc}") from None
-    raise TypeError(f"bench must be an attnprune.bench.BenchResult or a dict, got {type(bench).__name__}")
+    raise TypeError(f"bench must be an attnprune.deploy.bench.BenchResult or a dict, got {type(bench).__name__}")
 
 
 def render_markdown(report: Any, *, bench: Any = None, images: Mapping[str, str] | None = None) -> str:
@@ -80,7 +80,7 @@ def render_markdown(report: Any, *, bench: Any = None, images: Mapping[str, str]
 
     Args:
         report: A :class:`attnprune.PruneReport` or its ``to_dict()`` form.
-        bench: Optional :class:`attnprune.bench.BenchResult` (or its ``to_dict()``
+        bench: Optional :class:`attnprune.deploy.bench.BenchResult` (or its ``to_dict()``
             form) whose latency tables are appended.
         images: Optional ``{"kept": file, "scores": file}`` relative paths of the
             figures to embed; figures not named are left out.
@@ -207,7 +207,7 @@ def write_report(report: Any, folder: str | os.PathLike[str], *, bench: Any = No
         report: A :class:`attnprune.PruneReport` or its ``to_dict()`` form.
         folder: Output folder (created if missing). Existing files of the same
             names are replaced; each file is written atomically.
-        bench: Optional :class:`attnprune.bench.BenchResult` (or its dict) whose
+        bench: Optional :class:`attnprune.deploy.bench.BenchResult` (or its dict) whose
             latency tables are appended to ``report.md``.
 
     Returns:

@@ -1,6 +1,6 @@
 """Gate hooks: multiply feature maps by per-group gate vectors.
 
-One forward hook per :class:`~attnprune.groups.GatePoint`. All groups' current
+One forward hook per :class:`~attnprune.core.groups.GatePoint`. All groups' current
 gate values are concatenated once per model forward into one flat vector (with a
 trailing 1 for channels no group covers), and each gate point gathers its own
 vector from it with a precomputed index, so concat networks whose norms span

@@ -9,7 +9,7 @@ Progress bars (tqdm) show phase, epoch, loss and the kept fraction.
 A phase can be resumed at an epoch boundary from :meth:`Runner.phase_state`
 (optimiser and scheduler states, step counter). With ``distributed=True`` the
 model and the method's parameters train inside DistributedDataParallel, rebuilt
-for every phase (:mod:`attnprune.distributed`). A NaN or infinite loss raises
+for every phase (:mod:`attnprune.train.distributed`). A NaN or infinite loss raises
 :class:`TrainingDivergedError` (on every rank at once).
 """
 
@@ -25,11 +25,11 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ._files import eval_mode
-from ._batch import call_model as _call, to_device as _to, unpack_batch
+from .._files import eval_mode
+from .._batch import call_model as _call, to_device as _to, unpack_batch
 from . import distributed as dist_util
-from .errors import AttnpruneError
-from .methods.base import Phase, PruningMethod
+from ..errors import AttnpruneError
+from ..methods.base import Phase, PruningMethod
 
 __all__ = ["Runner", "evaluate", "TrainingDivergedError", "EpochRecord"]
 
@@ -127,7 +127,7 @@ class Runner:
             record is written (``prune()`` writes checkpoints there; the optimiser
             state of the phase is then :meth:`phase_state`).
         distributed: Train with DistributedDataParallel over the default process
-            group (see :mod:`attnprune.distributed`).
+            group (see :mod:`attnprune.train.distributed`).
         epochs_done: Epochs run so far over every phase; a sampler with
             ``set_epoch`` (``DistributedSampler``) gets it before each epoch.
     """

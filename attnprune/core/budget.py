@@ -4,7 +4,7 @@
 or of its MACs per sample (``target="macs"``), counted over the whole model as
 fvcore counts it. Every channel of every group is ranked by its score; channels
 are closed in ascending order, and the number closed is searched (bisection on
-the exact analytic count of :class:`~attnprune.count.CostModel`) so the result
+the exact analytic count of :class:`~attnprune.core.cost.CostModel`) so the result
 meets the target within one percentage point. Layer budgets are therefore an
 output of the ranking, never an input.
 
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .count import CostModel
-from .errors import BudgetError
+from .cost import CostModel
+from ..errors import BudgetError
 
 __all__ = ["BudgetResult", "select_channels", "normalize_scores", "TARGETS", "check_ratio", "check_target"]
 

@@ -4,9 +4,9 @@ The pipeline: check the arguments → copy the model → instrument it → check
 ratio is reachable → attach the method → run its phases → apply the budget →
 detach the method → remove the closed channels (checked against the gated model)
 → fine-tune → report. The user's model is never modified; any error, or Ctrl-C,
-leaves it exactly as it was. Optional checkpoints (:mod:`attnprune.checkpoint`)
+leaves it exactly as it was. Optional checkpoints (:mod:`attnprune.train.checkpoint`)
 let an interrupted run resume; under ``torchrun`` it trains with
-DistributedDataParallel (:mod:`attnprune.distributed`).
+DistributedDataParallel (:mod:`attnprune.train.distributed`).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import torch.nn as nn
 
 from . import checks
 from . import distributed as dist_util
-from ._batch import to_device as _to, unpack_batch
-from .budget import BudgetResult, check_ratio, check_round_to, check_target
+from .._batch import to_device as _to, unpack_batch
+from ..core.budget import BudgetResult, check_ratio, check_round_to, check_target
 from .checkpoint import Checkpointer, loader_generators
-from .instrument import Instrumented, instrument
-from .methods import available_methods, get_method, make_config
-from .methods.base import Budget, Context, Phase, PruningMethod
-from .schedule import EpochRecord, Runner, evaluate
+from ..core.instrument import Instrumented, instrument
+from ..methods import available_methods, get_method, make_config
+from ..methods.base import Budget, Context, Phase, PruningMethod
+from .runner import EpochRecord, Runner, evaluate
 
 __all__ = ["prune", "PruneResult", "PruneReport", "GroupReport", "DEFAULT_METHOD"]
 
@@ -106,7 +106,7 @@ class PruneResult:
         model: The pruned plain ``nn.Module`` (build a new optimizer for it).
         report: A :class:`PruneReport`.
         pruning_history: torch-pruning's record of the removal, which
-            :func:`attnprune.io.save` stores so the model reloads from a state dict.
+            :func:`attnprune.deploy.serialize.save` stores so the model reloads from a state dict.
         masks: The keep-masks applied, one bool tensor per channel group (in the
             order of ``report.groups``; True = kept).
     """
@@ -207,7 +207,7 @@ def prune(
         progress: Show progress bars (rank 0 only).
         checkpoint_dir: Folder for ``checkpoint.pt``, written atomically at the end
             of every epoch and after the channels are removed (rank 0 only); see
-            :mod:`attnprune.checkpoint`.
+            :mod:`attnprune.train.checkpoint`.
         resume: Continue from the checkpoint in ``checkpoint_dir`` (a fresh start
             when there is none). The arguments must be the same as the run that
             wrote it; the result then equals an uninterrupted run's bit for bit.
@@ -215,7 +215,7 @@ def prune(
             group; None (default) does so when one with more than one process is
             initialised. False under a process group: every process prunes on its
             own (checkpoints are still written by rank 0 only). See
-            :mod:`attnprune.distributed`.
+            :mod:`attnprune.train.distributed`.
         **options: The method's options (its config dataclass's fields, e.g.
             ``warmup_epochs=2``); an unknown option raises listing the valid ones.
 

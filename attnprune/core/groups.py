@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ._files import eval_mode
-from .errors import UnsupportedModelError
+from .._files import eval_mode
+from ..errors import UnsupportedModelError
 
 __all__ = [
     "Span",

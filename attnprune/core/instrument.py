@@ -20,9 +20,9 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from ._files import eval_mode
-from .count import CostModel
-from .errors import EquivalenceError
+from .._files import eval_mode
+from .cost import CostModel
+from ..errors import EquivalenceError
 from .gates import MODES, GateSet
 from .groups import ChannelGroup, as_args, discover_groups
 

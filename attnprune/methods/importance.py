@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch_pruning as tp
 
-from .methods.base import PruningMethod
+from .base import PruningMethod
 
 __all__ = ["LearnedImportance"]
 
@@ -40,7 +40,7 @@ class LearnedImportance(tp.importance.Importance):
                     self._lookup.setdefault(span.module, (g.index, local_to_root))
 
     def scores(self) -> list[torch.Tensor]:
-        from .budget import normalize_scores
+        from ..core.budget import normalize_scores
 
         scores = self.method.scores()
         return normalize_scores(scores, self.method.normalize) if self.normalize else scores
