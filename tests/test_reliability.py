@@ -93,7 +93,7 @@ BAD_INPUT = {
     "method_not_a_name": (dict(method=3), TypeError, r"method must be a method name"),
     "unknown_target": (dict(target="flops"), ValueError, r"target must be one of \('params', 'macs'\)"),
     "unknown_option": (dict(warmup_epoch=1), ValueError, r"unknown option\(s\) \['warmup_epoch'\].*valid options"),
-    "bad_option_value": (dict(lr=-1.0), ValueError, r"lr must be a number >= 0"),
+    "bad_option_value": (dict(lr=-1.0), ValueError, r"option 'lr' of \w+ must be a number > 0"),
     "bad_option_choice": (dict(variant="big"), ValueError, r"variant must be one of"),
     "round_to_zero": (dict(round_to=0), ValueError, r"round_to must be None or a positive int"),
     "seed_negative": (dict(seed=-1), ValueError, r"seed must be None or an int >= 0"),

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from ..core.budget import BudgetResult, check_ratio, check_round_to, check_target, select_channels
 from ..core.instrument import Instrumented
+from .options import option, validate
 
 __all__ = [
     "TrainConfig",
@@ -41,11 +42,6 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adam")
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True)
@@ -64,29 +60,17 @@ class TrainConfig:
         steps_per_epoch: Cap on batches per epoch (None: the whole loader).
     """
 
-    warmup_epochs: int = 1
-    finetune_epochs: int = 1
-    lr: float = 0.05
-    finetune_lr: float | None = None
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    steps_per_epoch: int | None = None
+    warmup_epochs: int = option(1, low=0)
+    finetune_epochs: int = option(1, low=0)
+    lr: float = option(0.05, low=0, low_open=True)
+    finetune_lr: float | None = option(None, low=0, low_open=True)
+    optimizer: str = option("sgd", choices=OPTIMIZERS)
+    momentum: float = option(0.9, low=0, high=1, high_open=True)
+    weight_decay: float = option(5e-4, low=0)
+    steps_per_epoch: int | None = option(None, low=1)
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name.endswith("_epochs") or f.name in ("cycles",):
-                _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-                       f"{f.name} must be an int >= 0, got {value!r}")
-        for name in ("lr", "weight_decay", "momentum"):
-            v = getattr(self, name)
-            _check(isinstance(v, (int, float)) and v >= 0 and v == v, f"{name} must be a number >= 0, got {v!r}")
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        _check(self.finetune_lr is None or self.finetune_lr > 0, f"finetune_lr must be > 0, got {self.finetune_lr}")
-        _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        _check(self.steps_per_epoch is None or (isinstance(self.steps_per_epoch, int) and self.steps_per_epoch > 0),
-               f"steps_per_epoch must be None or an int > 0, got {self.steps_per_epoch!r}")
+        validate(self)
 
 
 @dataclass
