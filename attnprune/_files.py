@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes and temporary eval mode."""
+"""Atomic file writes (a temporary file beside the target, then ``os.replace``)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-import torch.nn as nn
-
-__all__ = ["atomic_file", "umask_mode", "eval_mode"]
+__all__ = ["atomic_file", "umask_mode"]
 
 
 def umask_mode(mode: int = 0o666) -> int:
@@ -48,15 +46,3 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Fals
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode, then restore each one's own flag."""
-    saved = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in saved:
-            module.training = training

@@ -390,7 +390,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     result = api.prune(
         model, train, ratio=args.ratio, method=args.method, target=args.target,
         example_inputs=example, eval_loader=test, device=device, round_to=args.round_to,
-        pretrained=args.pretrained, seed=args.seed, progress=not args.quiet,
+        trained=args.trained, seed=args.seed, progress=not args.quiet,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, **options,
     )
     history = getattr(result, "pruning_history", None)
@@ -577,7 +577,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", type=_option, action="append", metavar="KEY=VALUE",
                    help="a method option (repeatable), e.g. --option lr=0.01 --option steps_per_epoch=50; "
                         "values are Python literals, else strings")
-    p.add_argument("--pretrained", action="store_true", help="the model is trained already: skip the warm-up")
+    p.add_argument("--trained", action="store_true",
+                   help="the model is trained already (e.g. loaded with --weights): skip the warm-up; "
+                        "no weights are downloaded")
+    p.add_argument("--pretrained", dest="trained", action="store_true",
+                   help="deprecated alias of --trained")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="default: %(default)s")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     p.add_argument("--checkpoint-dir", metavar="DIR",

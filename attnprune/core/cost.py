@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .._files import eval_mode
+from .._modes import eval_mode
 from .groups import NORM_TYPES, POOL_TYPES, ChannelGroup
 
 __all__ = ["CostModel", "LayerCost"]

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .._files import eval_mode
+from .._modes import eval_mode
 from ..errors import UnsupportedModelError
 
 __all__ = [

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from .._files import eval_mode
+from .._modes import eval_mode
 from .cost import CostModel
 from ..errors import EquivalenceError
 from .gates import MODES, GateSet
@@ -112,6 +112,11 @@ class Instrumented:
     def example_inputs(self) -> tuple:
         """The positional example inputs given to :func:`instrument`."""
         return self._args
+
+    @property
+    def active(self) -> bool:
+        """True until :meth:`finalize` or :meth:`remove`: the gates are in place."""
+        return self._state == "active"
 
     @property
     def mode(self) -> str:

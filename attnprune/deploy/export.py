@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._files import eval_mode
+from .._modes import eval_mode
 from ..errors import AttnpruneError
 
 __all__ = [

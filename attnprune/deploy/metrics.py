@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._files import eval_mode
+from .._modes import eval_mode
 
 with warnings.catch_warnings():
     # fvcore's import chain decorates helpers with ``torch.jit.script``, which

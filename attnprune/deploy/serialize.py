@@ -40,7 +40,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .._files import atomic_file, eval_mode
+from .._files import atomic_file
+from .._modes import eval_mode
 from ..errors import AttnpruneError
 
 __all__ = [

@@ -402,9 +402,9 @@ class ABPMethod(PruningMethod):
             return [v.detach().cpu() > 0.5 for v in self._gate_values()]
 
     # -- schedule ---------------------------------------------------------------
-    def phases(self, pretrained: bool = False) -> list[Phase]:
+    def phases(self, trained: bool = False) -> list[Phase]:
         c = self.config
-        out = super().phases(pretrained)
+        out = super().phases(trained)
         out.append(self.cnn_phase("joint", c.joint_epochs, gates="analog", train_method=True,
                                   method_lr=c.lr * c.m_lr_factor, method_optimizer=c.m_optimizer))
         return out

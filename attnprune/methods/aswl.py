@@ -220,8 +220,8 @@ class _ASWLBase(PruningMethod):
         return self.cnn_phase("joint", c.joint_epochs, gates=self.joint_gates, train_method=True,
                               method_lr=c.att_lr, method_optimizer="adam")
 
-    def phases(self, pretrained: bool = False) -> list[Phase]:
-        return super().phases(pretrained) + [self.joint_phase()]
+    def phases(self, trained: bool = False) -> list[Phase]:
+        return super().phases(trained) + [self.joint_phase()]
 
     def ratio_at(self, step: int) -> float:
         if self.ramp_steps <= 0:
@@ -376,8 +376,8 @@ class ASWLMethod(_ASWLBase):
         for wm, k in zip(self.masks_param, self.counts(beta)):
             wm.k = k
 
-    def phases(self, pretrained: bool = False) -> list[Phase]:
-        out = super().phases(pretrained)
+    def phases(self, trained: bool = False) -> list[Phase]:
+        out = super().phases(trained)
         if self.config.fixed_epochs:
             out.append(self.cnn_phase("fixed", self.config.fixed_epochs))
         return out

@@ -50,7 +50,7 @@ class TrainConfig:
 
     Attributes:
         warmup_epochs: Dense training before the method starts (skipped with
-            ``pretrained=True``).
+            ``trained=True``).
         finetune_epochs: Training after channels are removed.
         lr: Learning rate of the CNN weights (SGD with momentum by default).
         finetune_lr: Learning rate of fine-tuning (default: ``lr``).
@@ -149,6 +149,8 @@ class PruningMethod:
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = TrainConfig
     normalize: ClassVar[str | None] = "mean"
+    #: Whether the method removes whole channels (False: it zeroes weights, e.g. ASWL).
+    structured: ClassVar[bool] = True
     #: Attributes saved by :meth:`state_dict` besides the parameters: whatever the
     #: method changes during training (counters, controller values, thresholds).
     state_attributes: ClassVar[tuple[str, ...]] = ()
@@ -178,10 +180,10 @@ class PruningMethod:
         """The method's own trainable parameters."""
         return []
 
-    def phases(self, pretrained: bool = False) -> list[Phase]:
+    def phases(self, trained: bool = False) -> list[Phase]:
         """Training phases before channels are removed."""
         c = self.config
-        if pretrained or c.warmup_epochs == 0:
+        if trained or c.warmup_epochs == 0:
             return []
         return [self.cnn_phase("warmup", c.warmup_epochs)]
 
@@ -219,8 +221,18 @@ class PruningMethod:
         """Method-specific fields for the report."""
         return {}
 
+    def commit(self, selection: BudgetResult) -> None:
+        """Write what the method learned into the model's weights (success path only).
+
+        Called once, after :meth:`select` and before :meth:`detach`, only when the
+        run succeeds; an error path calls :meth:`detach` alone. Default: nothing.
+        """
+
     def detach(self) -> None:
-        """Remove every hook and parameter the method added. Safe to call twice."""
+        """Remove every hook and parameter the method added. Safe to call twice.
+
+        Never changes the model's weights (that is :meth:`commit`).
+        """
         for h in self.handles:
             h.remove()
         self.handles = []

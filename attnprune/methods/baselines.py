@@ -24,7 +24,7 @@ import torch
 import torch_pruning as tp
 
 from .._batch import call_model
-from .._files import eval_mode
+from .._modes import eval_mode
 from ..core.groups import NORM_TYPES
 from .base import Phase, PruningMethod, TrainConfig, register_method
 

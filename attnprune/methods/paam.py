@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 
 from .._batch import call_model
-from .._files import eval_mode
+from .._modes import eval_mode
 from ..core.budget import select_channels
 from ..core.groups import ChannelGroup
 from .base import Phase, PruningMethod, TrainConfig, register_method
@@ -255,9 +255,9 @@ class PAAMMethod(PruningMethod):
         return [s.detach().float().cpu() for s in self.compute_scores()]
 
     # -- schedule ---------------------------------------------------------------
-    def phases(self, pretrained: bool = False) -> list[Phase]:
+    def phases(self, trained: bool = False) -> list[Phase]:
         c = self.config
-        out = super().phases(pretrained)
+        out = super().phases(trained)
         for cycle in range(c.cycles):
             out.append(Phase(name="an", epochs=c.an_epochs, gates="analog", train_model=False,
                              train_method=True, method_lr=self.an_lr(), method_optimizer="adam",

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from . import distributed as dist_util
-from .._files import eval_mode
+from .._modes import eval_mode
 from .._batch import call_model, to_device as _to, unpack_batch
 from ..core.budget import select_channels
 from ..core.instrument import Instrumented
@@ -24,6 +24,7 @@ __all__ = [
     "resolve_device",
     "resolve_distributed",
     "check_seed",
+    "resolve_trained",
     "check_iterable",
     "first_batch",
     "tensors",
@@ -213,3 +214,19 @@ def check_distributed_loader(loader, steps: int | None) -> None:
             "prune() runs under DistributedDataParallel but the loader has no DistributedSampler: "
             "every rank trains on the whole data set", stacklevel=3,
         )
+
+
+def resolve_trained(trained, pretrained) -> bool:
+    """``trained``, or the deprecated ``pretrained`` alias (with a warning); both must be bools."""
+    if pretrained is not None:
+        warnings.warn("prune(pretrained=...) is deprecated: use trained=... (it means the model is "
+                      "trained already, so the warm-up is skipped; nothing is downloaded)",
+                      DeprecationWarning, stacklevel=3)
+        if not isinstance(pretrained, bool):
+            raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
+        if trained and not pretrained:
+            raise ValueError("trained=True and pretrained=False contradict each other; pass trained only")
+        trained = trained or pretrained
+    if not isinstance(trained, bool):
+        raise TypeError(f"trained must be True or False, got {trained!r}")
+    return trained

@@ -139,7 +139,7 @@ def _plain(value):
         return str(value)
 
 
-def _fingerprint(method: str, budget: Budget, config, pretrained: bool, seed, model: nn.Module,
+def _fingerprint(method: str, budget: Budget, config, trained: bool, seed, model: nn.Module,
                  steps: int | None, distributed: bool) -> dict:
     return {
         "method": method,
@@ -147,7 +147,7 @@ def _fingerprint(method: str, budget: Budget, config, pretrained: bool, seed, mo
         "target": budget.target,
         "round_to": budget.round_to,
         "config": _plain(dataclasses.asdict(config)),
-        "pretrained": bool(pretrained),
+        "trained": bool(trained),
         "seed": seed,
         "steps_per_epoch": steps,
         "world_size": dist_util.world_size() if distributed else 1,
@@ -168,7 +168,8 @@ def prune(
     device=None,
     ignored_layers=None,
     round_to: int | None = None,
-    pretrained: bool = False,
+    trained: bool = False,
+    pretrained: bool | None = None,
     seed: int | None = None,
     progress: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -200,7 +201,9 @@ def prune(
         device: Where to train (default: the model's device). Batches are moved there.
         ignored_layers: Modules or names whose output channels are kept.
         round_to: Keep a multiple of this many channels per group (±2 points).
-        pretrained: The model is trained already: skip the warm-up.
+        trained: The model is trained already: skip the warm-up (no weights are
+            downloaded; this is not torchvision's ``pretrained``).
+        pretrained: Deprecated alias of ``trained`` (attnprune 0.1).
         seed: Seeds torch's generators (CPU and CUDA) and the loader's own
             generator, if it has one, for a repeatable run: the same seed gives
             the same masks and the same pruned model on the same machine.
@@ -249,6 +252,7 @@ def prune(
         raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}")
     loss_fn = loss_fn or nn.functional.cross_entropy
     checks.check_seed(seed)
+    trained = checks.resolve_trained(trained, pretrained)
     if not isinstance(resume, bool):
         raise TypeError(f"resume must be True or False, got {resume!r}")
     if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
@@ -296,13 +300,13 @@ def prune(
         ckpt = None
         saved = None
         if checkpoint_dir is not None:
-            fingerprint = _fingerprint(method, budget, config, pretrained, seed, work, steps, use_dist)
+            fingerprint = _fingerprint(method, budget, config, trained, seed, work, steps, use_dist)
             ckpt = Checkpointer(checkpoint_dir, fingerprint, loader, distributed=use_dist)
             saved = ckpt.load() if resume else None
         run = _Run(work=work, inst=inst, algo=algo, runner=runner, ckpt=ckpt, eval_loader=eval_loader,
                    device=device, distributed=use_dist, structured=structured,
                    seconds_before=float(saved.get("seconds", 0.0)) if saved else 0.0, t_start=t_start)
-        pruned, selection, method_report = run.execute(algo.phases(pretrained=pretrained), config, saved)
+        pruned, selection, method_report = run.execute(algo.phases(trained=trained), config, saved)
         acc_after = evaluate(pruned, eval_loader, device, distributed=use_dist) if eval_loader is not None else None
     except BaseException:
         algo.detach()

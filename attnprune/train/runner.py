@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .._files import eval_mode
+from .._modes import eval_mode
 from .._batch import call_model as _call, to_device as _to, unpack_batch
 from . import distributed as dist_util
 from ..errors import AttnpruneError
