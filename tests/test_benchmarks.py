@@ -32,6 +32,7 @@ def results(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_quick_results_have_commands_and_machines(results):
     files = sorted(results.glob("*.json"))
     assert {f.name.split("-")[0] for f in files} == {"surgery", "latency", "overhead", "quality"}
@@ -40,6 +41,7 @@ def test_quick_results_have_commands_and_machines(results):
         assert d["command"].startswith("python ") and d["machine"]["cores"] >= 1
 
 
+@pytest.mark.slow
 def test_quality_quick_rows(results):
     (f,) = results.glob("quality-*.json")
     rows = json.loads(f.read_text())["rows"]
@@ -48,6 +50,7 @@ def test_quality_quick_rows(results):
     assert all(abs(r["ratio_achieved"] - 0.5) <= 0.01 for r in pruned)
 
 
+@pytest.mark.slow
 def test_results_md_renders_all_four_tables(results, tmp_path):
     out = tmp_path / "RESULTS.md"
     assert _load("make_results").main(["--quick", "--results-dir", str(results), "--out", str(out)]) == 0

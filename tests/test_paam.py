@@ -155,6 +155,7 @@ def test_sbf_end_to_end_reports_its_ratio():
         attnprune.prune(model, _data(), 0.5, method="sbf", variant="kq", progress=False)
 
 
+@pytest.mark.slow
 def test_lambda_calibration_separates_scores():
     """On real data, the calibrated lambda drives scores apart around the threshold.
 
