@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ._idx_files import DEBIAN_DATA_DIR, cache_dir, download_files, not_found_message, read_idx, search, stat_key
+from ._ints import check_int
 from .errors import AttnpruneError
 
 __all__ = [
@@ -184,14 +185,6 @@ def load_fashion_mnist(
     return TensorDataset(images, labels)
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def _subset(dataset: Dataset, n: int | None, seed: int, name: str) -> Dataset:
     """The first ``n`` samples of a permutation seeded with ``seed``.
 
@@ -201,7 +194,7 @@ def _subset(dataset: Dataset, n: int | None, seed: int, name: str) -> Dataset:
     if n is None:
         return dataset
     total = len(dataset)
-    _check_int(name, n, 1)
+    check_int(name, n, 1)
     if n > total:
         raise ValueError(f"{name}={n} exceeds the {total} samples available")
     generator = torch.Generator().manual_seed(seed)
@@ -248,9 +241,9 @@ def fashion_mnist_loaders(
         ValueError: If ``batch_size`` < 1, ``num_workers`` < 0, or a subset
             size is < 1 or larger than its split.
     """
-    _check_int("batch_size", batch_size, 1)
-    _check_int("seed", seed, 0)
-    _check_int("num_workers", num_workers, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("seed", seed, 0)
+    check_int("num_workers", num_workers, 0)
     train_set = _subset(
         load_fashion_mnist(root, train=True, download=download), train_subset, seed, "train_subset"
     )
@@ -302,9 +295,9 @@ def image_folder_loaders(
     """
     from torchvision import datasets, transforms
 
-    _check_int("image_size", image_size, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("seed", seed, 0)
+    check_int("image_size", image_size, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("seed", seed, 0)
     folder = Path(root)
     missing = [s for s in ("train", "val") if not (folder / s).is_dir()]
     if not folder.is_dir() or missing:

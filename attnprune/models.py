@@ -32,6 +32,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ._ints import check_int
+
 __all__ = [
     "VALID_DEPTHS",
     "BasicBlock",
@@ -130,10 +132,10 @@ class CifarResNet(nn.Module):
         width: int = 16,
     ) -> None:
         super().__init__()
-        _check_positive_int("blocks_per_stage", blocks_per_stage)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("width", width)
+        check_int("blocks_per_stage", blocks_per_stage, 1)
+        check_int("num_classes", num_classes, 1)
+        check_int("in_channels", in_channels, 1)
+        check_int("width", width, 1)
         widths = (width, 2 * width, 4 * width)
         self.conv1 = _conv3x3(in_channels, widths[0])
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -172,13 +174,6 @@ class CifarResNet(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         x = torch.flatten(self.avgpool(x), 1)
         return self.fc(x)
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 def cifar_resnet(
@@ -313,8 +308,8 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
             ``in_channels`` is an int below 1.
         TypeError: If ``num_classes`` or ``in_channels`` is not an int.
     """
-    _check_positive_int("num_classes", num_classes)
-    _check_positive_int("in_channels", in_channels)
+    check_int("num_classes", num_classes, 1)
+    check_int("in_channels", in_channels, 1)
     if isinstance(name, str) and name in MODELS:
         return MODELS[name](num_classes=num_classes, in_channels=in_channels)
     if not isinstance(name, str) or name not in torchvision_model_names():

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from .._batch import batch_size, with_batch
+from .._ints import check_int
 from .._tree import as_inputs
 from .bench_result import BenchResult
 from .export import export_onnx
@@ -117,14 +118,6 @@ def _check_models(models: Any) -> list[tuple[str, nn.Module | Path]]:
     return items
 
 
-def _check_count(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def _check_batch_sizes(batch_sizes: Any) -> list[int]:
     if isinstance(batch_sizes, int) and not isinstance(batch_sizes, bool):
         batch_sizes = (batch_sizes,)
@@ -134,7 +127,7 @@ def _check_batch_sizes(batch_sizes: Any) -> list[int]:
         )
     out: list[int] = []
     for b in batch_sizes:
-        _check_count(b, "each of batch_sizes", 1)
+        check_int("each of batch_sizes", b, 1)
         if b not in out:
             out.append(b)
     return out
@@ -234,11 +227,11 @@ def benchmark(
     batch_size(inputs)
     sizes = _check_batch_sizes(batch_sizes)
     threads = check_threads(threads)
-    rounds = _check_count(rounds, "rounds", 1)
-    warmup = _check_count(warmup, "warmup", 0)
+    rounds = check_int("rounds", rounds, 1)
+    warmup = check_int("warmup", warmup, 0)
     provider = check_provider(provider)
     if runs_per_round is not None:
-        runs_per_round = _check_count(runs_per_round, "runs_per_round", 1)
+        runs_per_round = check_int("runs_per_round", runs_per_round, 1)
 
     tmp = None
     if workdir is None:
