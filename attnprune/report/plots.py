@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .._files import atomic_file
+
 __all__ = ["plot_kept_channels", "plot_score_histogram", "report_dict", "kept_per_group"]
 
 
