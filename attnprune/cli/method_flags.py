@@ -79,8 +79,7 @@ def add_method_flags(parser: argparse.ArgumentParser, method: str, taken: set[st
     if method not in available_methods():
         return []
     cls = get_method(method)
-    group = parser.add_argument_group(
-        f"options of method {method!r} ({cls.config_class.__name__}; default: the method's)")
+    group = parser.add_argument_group(f"options of method {method!r} ({cls.config_class.__name__})")
     added = []
     for spec in option_specs(cls.config_class):
         flag = flag_name(spec.name)
