@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_file", "umask_mode"]
+__all__ = ["atomic_file", "write_text", "umask_mode"]
 
 
 def umask_mode(mode: int = 0o666) -> int:
@@ -46,3 +46,9 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Fals
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(path, "w") as fh:
+        fh.write(text)

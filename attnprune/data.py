@@ -1,4 +1,4 @@
-"""Embedded default data: Fashion-MNIST as in-memory tensors.
+"""Data: Fashion-MNIST as in-memory tensors, and ImageFolder trees of images.
 
 The library's demos and tests train on Fashion-MNIST because it is small
 enough for a CPU and is packaged by Debian (``dataset-fashion-mnist``), so no
@@ -21,6 +21,10 @@ torchvision uses). Compressed files are decompressed once into the cache
 directory. Only when ``download=True`` is passed, and nothing was found, are
 the files downloaded with :class:`torchvision.datasets.FashionMNIST`.
 
+:func:`image_folder_loaders` reads any other image data set laid out as
+``root/train/<class>/*.png`` and ``root/val/<class>/*.png`` (what ``attnprune
+prune --data DIR`` takes).
+
 Example:
     >>> from attnprune.data import fashion_mnist_loaders
     >>> train_loader, test_loader = fashion_mnist_loaders(
@@ -33,19 +37,15 @@ Example:
 from __future__ import annotations
 
 import functools
-import gzip
-import hashlib
 import os
-import shutil
-import tempfile
-import warnings
 from pathlib import Path
-from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from ._files import atomic_file
+from ._idx_files import DEBIAN_DATA_DIR, cache_dir, download_files, not_found_message, read_idx, search, stat_key
+from ._ints import check_int
+from .errors import AttnpruneError
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -58,6 +58,7 @@ __all__ = [
     "find_fashion_mnist",
     "load_fashion_mnist",
     "fashion_mnist_loaders",
+    "image_folder_loaders",
     "clear_cache",
 ]
 
@@ -84,74 +85,8 @@ FASHION_MNIST_MEAN: float = 0.2860
 FASHION_MNIST_STD: float = 0.3530
 """Standard deviation of the Fashion-MNIST training pixels (pixels in [0, 1])."""
 
-DEBIAN_DATA_DIR: Path = Path("/usr/share/datasets/fashion-mnist")
-"""Where the Debian package ``dataset-fashion-mnist`` installs the IDX files."""
-
-_DATA_ENV = "ATTNPRUNE_DATA"
-_CACHE_ENV = "ATTNPRUNE_CACHE"
-_IDX_STEMS = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-_TORCHVISION_SUBDIR = Path("FashionMNIST") / "raw"
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """Raised when the Fashion-MNIST IDX files cannot be found or fetched."""
-
-
-def cache_dir() -> Path:
-    """Returns the attnprune cache directory (it is not created).
-
-    Returns:
-        ``$ATTNPRUNE_CACHE`` if that environment variable is set and not empty,
-        else ``~/.cache/attnprune``.
-    """
-    env = os.environ.get(_CACHE_ENV, "").strip()
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "attnprune"
-
-
-def _idx_files_in(directory: Path) -> dict[str, Path] | None:
-    """Returns the four IDX files held by ``directory``, or None.
-
-    ``directory`` itself is tried first, then ``directory/FashionMNIST/raw``.
-    All four files must sit in the same one of those two places. A plain file
-    is preferred over its ``.gz`` twin.
-    """
-    for base in (directory, directory / _TORCHVISION_SUBDIR):
-        found: dict[str, Path] = {}
-        for stem in _IDX_STEMS:
-            for candidate in (base / stem, base / f"{stem}.gz"):
-                if candidate.is_file():
-                    found[stem] = candidate
-                    break
-        if len(found) == len(_IDX_STEMS):
-            return found
-    return None
-
-
-def _candidates(root: str | os.PathLike | None) -> list[tuple[Path, str]]:
-    """Lists the directories to search, each with a description of its origin."""
-    if root is not None:
-        return [
-            (
-                Path(root).expanduser(),
-                "explicit root argument (no other location is searched when root is given)",
-            )
-        ]
-    candidates: list[tuple[Path, str]] = []
-    env = os.environ.get(_DATA_ENV, "").strip()
-    if env:
-        candidates.append((Path(env).expanduser(), f"${_DATA_ENV}"))
-    candidates.append(
-        (DEBIAN_DATA_DIR, "Debian package dataset-fashion-mnist")
-    )
-    candidates.append((cache_dir(), f"cache directory (set ${_CACHE_ENV} to move it)"))
-    return candidates
+class DatasetNotFoundError(AttnpruneError, FileNotFoundError):
+    """Raised when a data set (the Fashion-MNIST IDX files, an ImageFolder root) cannot be found."""
 
 
 def find_fashion_mnist(root: str | os.PathLike | None = None) -> dict[str, Path] | None:
@@ -166,116 +101,8 @@ def find_fashion_mnist(root: str | os.PathLike | None = None) -> dict[str, Path]
         to the path of the file found (possibly ending in ``.gz``), or None if
         no searched directory qualifies.
     """
-    files, _ = _search(root)
+    files, _ = search(root)
     return files
-
-
-def _search(
-    root: str | os.PathLike | None,
-) -> tuple[dict[str, Path] | None, list[tuple[Path, str]]]:
-    searched = _candidates(root)
-    for directory, origin in searched:
-        files = _idx_files_in(directory)
-        if files is not None:
-            return files, searched
-        if origin == f"${_DATA_ENV}":
-            warnings.warn(
-                f"{_DATA_ENV}={directory} does not hold the four Fashion-MNIST "
-                f"IDX files ({', '.join(_IDX_STEMS)}, optionally .gz); "
-                "continuing the search elsewhere.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-    return None, searched
-
-
-def _not_found_message(searched: list[tuple[Path, str]], download_error: str | None) -> str:
-    lines = ["Fashion-MNIST IDX files not found. Searched:"]
-    for directory, origin in searched:
-        lines.append(f"  - {directory}  [{origin}]")
-    lines.append(
-        "A directory qualifies when it holds "
-        + ", ".join(_IDX_STEMS)
-        + " (each plain or .gz), directly or under FashionMNIST/raw/."
-    )
-    if download_error is not None:
-        lines.append(f"Downloading with torchvision also failed: {download_error}")
-    lines.append("To fix this, do one of:")
-    lines.append(
-        "  * sudo apt-get install dataset-fashion-mnist   "
-        f"(Debian/Ubuntu; installs the files into {DEBIAN_DATA_DIR})"
-    )
-    lines.append(
-        f"  * export {_DATA_ENV}=/path/to/dir   (a directory holding the four files)"
-    )
-    lines.append(
-        f"  * pass download=True to fetch them with torchvision into {cache_dir()} "
-        "(needs internet access)"
-    )
-    return "\n".join(lines)
-
-
-def _download(root: str | os.PathLike | None) -> tuple[dict[str, Path] | None, str | None]:
-    """Downloads with torchvision into ``root`` (or the cache directory)."""
-    from torchvision.datasets import FashionMNIST
-
-    target = Path(root).expanduser() if root is not None else cache_dir()
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        FashionMNIST(str(target), train=True, download=True)
-    except Exception as exc:  # network, permission and checksum errors alike
-        return None, f"{type(exc).__name__}: {exc}"
-    files = _idx_files_in(target)
-    if files is None:
-        return None, f"torchvision finished, but the files are not in {target / _TORCHVISION_SUBDIR}"
-    return files, None
-
-
-def _stat_key(path: Path) -> tuple[str, int, int]:
-    resolved = path.resolve()
-    st = resolved.stat()
-    return str(resolved), st.st_size, st.st_mtime_ns
-
-
-def _decompressed_path(gz_key: tuple[str, int, int]) -> Path:
-    """Where the decompressed copy of a ``.gz`` file lives in the cache."""
-    digest = hashlib.sha256(repr(gz_key).encode()).hexdigest()[:16]
-    name = Path(gz_key[0]).name[: -len(".gz")]
-    return cache_dir() / "idx" / f"{name}.{digest}"
-
-
-def _gunzip(src: Path, dst: Path) -> None:
-    """Decompresses ``src`` into ``dst`` atomically (via a temporary file)."""
-    with atomic_file(dst) as out, gzip.open(src, "rb") as inp:
-        shutil.copyfileobj(inp, out, length=1 << 20)
-
-
-def _read_idx(key: tuple[str, int, int], reader: Callable[[str], torch.Tensor]) -> torch.Tensor:
-    """Parses one IDX file with torchvision's ``reader``, decompressing if needed."""
-    path = Path(key[0])
-    try:
-        if path.suffix != ".gz":
-            return reader(str(path))
-        target = _decompressed_path(key)
-        try:
-            if not target.is_file():
-                _gunzip(path, target)
-            return reader(str(target))
-        except OSError as exc:
-            if isinstance(exc, (gzip.BadGzipFile, EOFError)):
-                raise
-            # The cache directory is not writable: use a throw-away directory.
-            with tempfile.TemporaryDirectory(prefix="attnprune-idx-") as tmp:
-                tmp_target = Path(tmp) / target.name
-                _gunzip(path, tmp_target)
-                return reader(str(tmp_target))
-    except (AssertionError, TypeError, ValueError, KeyError, RuntimeError, EOFError,
-            gzip.BadGzipFile) as exc:
-        raise ValueError(
-            f"{path} is not a valid Fashion-MNIST IDX file ({type(exc).__name__}: {exc}). "
-            "Re-install it (apt-get install --reinstall dataset-fashion-mnist) or point "
-            f"{_DATA_ENV} at a good copy."
-        ) from exc
 
 
 @functools.lru_cache(maxsize=4)
@@ -285,8 +112,8 @@ def _load_split(
     """Loads and normalises one split; cached on the files' path, size and mtime."""
     from torchvision.datasets.mnist import read_image_file, read_label_file
 
-    images = _read_idx(image_key, read_image_file)
-    labels = _read_idx(label_key, read_label_file)
+    images = read_idx(image_key, read_image_file)
+    labels = read_idx(label_key, read_label_file)
     if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
         raise ValueError(
             f"{image_key[0]}: expected images of shape (N, 28, 28), got {tuple(images.shape)}"
@@ -344,39 +171,37 @@ def load_fashion_mnist(
             searched and how to fix it.
         ValueError: If a file found is not a valid Fashion-MNIST IDX file.
     """
-    files, searched = _search(root)
+    files, searched = search(root)
     download_error = None
     if files is None and download:
-        files, download_error = _download(root)
+        files, download_error = download_files(root)
     if files is None:
-        raise DatasetNotFoundError(_not_found_message(searched, download_error))
+        raise DatasetNotFoundError(not_found_message(searched, download_error))
     prefix = "train" if train else "t10k"
     images, labels = _load_split(
-        _stat_key(files[f"{prefix}-images-idx3-ubyte"]),
-        _stat_key(files[f"{prefix}-labels-idx1-ubyte"]),
+        stat_key(files[f"{prefix}-images-idx3-ubyte"]),
+        stat_key(files[f"{prefix}-labels-idx1-ubyte"]),
     )
     return TensorDataset(images, labels)
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+def _subset(dataset: Dataset, n: int | None, seed: int, name: str) -> Dataset:
+    """The first ``n`` samples of a permutation seeded with ``seed``.
 
-
-def _subset(dataset: TensorDataset, n: int | None, seed: int, name: str) -> TensorDataset:
-    """The first ``n`` samples of a permutation seeded with ``seed``."""
+    A ``TensorDataset`` stays one (its tensors are indexed); any other data set
+    becomes a ``torch.utils.data.Subset``.
+    """
     if n is None:
         return dataset
     total = len(dataset)
-    _check_int(name, n, 1)
+    check_int(name, n, 1)
     if n > total:
         raise ValueError(f"{name}={n} exceeds the {total} samples available")
     generator = torch.Generator().manual_seed(seed)
     index = torch.randperm(total, generator=generator)[:n]
-    return TensorDataset(*(t[index] for t in dataset.tensors))
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(*(t[index] for t in dataset.tensors))
+    return Subset(dataset, index.tolist())
 
 
 def fashion_mnist_loaders(
@@ -416,9 +241,9 @@ def fashion_mnist_loaders(
         ValueError: If ``batch_size`` < 1, ``num_workers`` < 0, or a subset
             size is < 1 or larger than its split.
     """
-    _check_int("batch_size", batch_size, 1)
-    _check_int("seed", seed, 0)
-    _check_int("num_workers", num_workers, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("seed", seed, 0)
+    check_int("num_workers", num_workers, 0)
     train_set = _subset(
         load_fashion_mnist(root, train=True, download=download), train_subset, seed, "train_subset"
     )
@@ -436,3 +261,60 @@ def fashion_mnist_loaders(
         test_set, batch_size=batch_size, shuffle=False, num_workers=num_workers
     )
     return train_loader, test_loader
+
+
+def image_folder_loaders(
+    root: str | os.PathLike,
+    *,
+    image_size: int = 224,
+    batch_size: int = 128,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    seed: int = 0,
+) -> tuple[DataLoader, DataLoader, int]:
+    """Train and validation loaders of an ImageFolder tree ``root/train`` and ``root/val``.
+
+    Args:
+        root: A folder with ``train/`` and ``val/`` subfolders, each holding one
+            folder of images per class (the same classes in both).
+        image_size: Images are resized to ``image_size x image_size`` (RGB tensors in [0, 1]).
+        batch_size: Samples per batch for both loaders.
+        train_subset: If given, use only this many training samples (a permutation
+            seeded with ``seed``).
+        test_subset: Likewise for the validation split.
+        seed: Seeds the subsets and the training loader's shuffle.
+
+    Returns:
+        ``(train_loader, val_loader, num_classes)``.
+
+    Raises:
+        DatasetNotFoundError: ``root``, ``train/`` or ``val/`` is missing, or a split
+            holds no images.
+        ValueError: The splits hold different classes, or a subset is larger than
+            its split.
+    """
+    from torchvision import datasets, transforms
+
+    check_int("image_size", image_size, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("seed", seed, 0)
+    folder = Path(root)
+    missing = [s for s in ("train", "val") if not (folder / s).is_dir()]
+    if not folder.is_dir() or missing:
+        raise DatasetNotFoundError(
+            f"{str(root)!r} is not a folder with train/ and val/ ImageFolder subfolders "
+            f"(missing: {', '.join(missing) if folder.is_dir() else 'the folder itself'})")
+    tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()])
+    try:
+        train = datasets.ImageFolder(str(folder / "train"), transform=tf)
+        val = datasets.ImageFolder(str(folder / "val"), transform=tf)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DatasetNotFoundError(str(exc)) from None
+    if train.classes != val.classes:
+        raise ValueError("train/ and val/ must hold the same class folders; "
+                         f"train: {train.classes}, val: {val.classes}")
+    train_set = _subset(train, train_subset, seed, "train_subset")
+    val_set = _subset(val, test_subset, seed, "test_subset")
+    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
+                              generator=torch.Generator().manual_seed(seed))
+    return train_loader, DataLoader(val_set, batch_size=batch_size, shuffle=False), len(train.classes)

@@ -1,5 +1,8 @@
 """Model zoo: CIFAR-style ResNets plus any torchvision classifier by name.
 
+:func:`build_from_spec` builds a model from what a user writes on the command
+line: a name, or a factory written ``module:function`` (:func:`resolve_factory`).
+
 The CIFAR ResNets follow He et al., "Deep Residual Learning for Image
 Recognition" (CVPR 2016), section 4.2: a 3x3 stem convolution, three stages of
 ``n`` basic blocks each with 16, 32 and 64 channels (stride 2 at the start of
@@ -22,10 +25,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+import inspect
+from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from ._ints import check_int
 
 __all__ = [
     "VALID_DEPTHS",
@@ -41,6 +48,11 @@ __all__ = [
     "build_model",
     "needs_rgb",
     "torchvision_model_names",
+    "is_model_name",
+    "resolve_factory",
+    "call_factory",
+    "model_spec_kind",
+    "build_from_spec",
 ]
 
 VALID_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110)
@@ -120,10 +132,10 @@ class CifarResNet(nn.Module):
         width: int = 16,
     ) -> None:
         super().__init__()
-        _check_positive_int("blocks_per_stage", blocks_per_stage)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("width", width)
+        check_int("blocks_per_stage", blocks_per_stage, 1)
+        check_int("num_classes", num_classes, 1)
+        check_int("in_channels", in_channels, 1)
+        check_int("width", width, 1)
         widths = (width, 2 * width, 4 * width)
         self.conv1 = _conv3x3(in_channels, widths[0])
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -162,13 +174,6 @@ class CifarResNet(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         x = torch.flatten(self.avgpool(x), 1)
         return self.fc(x)
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 def cifar_resnet(
@@ -303,8 +308,8 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
             ``in_channels`` is an int below 1.
         TypeError: If ``num_classes`` or ``in_channels`` is not an int.
     """
-    _check_positive_int("num_classes", num_classes)
-    _check_positive_int("in_channels", in_channels)
+    check_int("num_classes", num_classes, 1)
+    check_int("in_channels", in_channels, 1)
     if isinstance(name, str) and name in MODELS:
         return MODELS[name](num_classes=num_classes, in_channels=in_channels)
     if not isinstance(name, str) or name not in torchvision_model_names():
@@ -313,3 +318,95 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
 
     extra = _TORCHVISION_EXTRA.get(name, {})
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
+
+
+def is_model_name(name: object) -> bool:
+    """Whether :func:`build_model` knows ``name`` (the package's models or torchvision's)."""
+    return isinstance(name, str) and (name in MODELS or name in torchvision_model_names())
+
+
+def resolve_factory(spec: str) -> Callable[..., nn.Module]:
+    """Import a model factory written as ``"package.module:function"``.
+
+    Args:
+        spec: ``"module:attribute"``; the attribute may be dotted (``"pkg.mod:Class.build"``).
+
+    Returns:
+        The callable.
+
+    Raises:
+        ValueError: ``spec`` is not of the form ``module:function``, the module
+            cannot be imported, or the attribute is missing or not callable.
+    """
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise ValueError(f"a model factory must be written 'module:function', got {spec!r}")
+    mod_name, attr = spec.split(":")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except Exception as exc:  # noqa: BLE001 - report any import failure the same way
+        raise ValueError(f"cannot import module {mod_name!r} of the model factory {spec!r}: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"module {mod_name!r} has no attribute {attr!r} (model factory {spec!r})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"the model factory {spec!r} is a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def _accepted(factory: Callable[..., Any], kwargs: dict) -> dict:
+    """The entries of ``kwargs`` that ``factory``'s signature accepts (all for ``**kwargs``)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return dict(kwargs)
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def call_factory(factory: Callable[..., Any], kwargs: dict, what: str = "the model factory") -> nn.Module:
+    """Call ``factory`` with the entries of ``kwargs`` its signature accepts.
+
+    Raises:
+        TypeError: The factory does not return an ``nn.Module`` (``what`` names it).
+    """
+    model = factory(**_accepted(factory, kwargs))
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{what} must return a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def model_spec_kind(spec: str) -> str:
+    """``"name"`` for a model name, ``"factory"`` for an importable ``module:function``.
+
+    Raises:
+        ValueError: Neither; the message lists the valid choices.
+    """
+    if ":" in spec:
+        resolve_factory(spec)
+        return "factory"
+    if is_model_name(spec):
+        return "name"
+    raise ValueError(
+        f"unknown model {spec!r}; valid choices: the package's models ({', '.join(MODELS)}), any "
+        "torchvision classification model name (e.g. resnet18, mobilenet_v2, vgg11_bn; see "
+        "attnprune.models.torchvision_model_names()), or a factory written module:function")
+
+
+def build_from_spec(spec: str, num_classes: int, in_channels: int) -> tuple[nn.Module, dict]:
+    """A fresh model from a name or ``module:function``, and the kwargs to record for reloading.
+
+    A factory is called with the ``num_classes`` and ``in_channels`` its signature
+    accepts, and only those are recorded.
+
+    Raises:
+        ValueError: ``spec`` is neither (see :func:`model_spec_kind`).
+        TypeError: Calling the factory failed, or it returned no ``nn.Module``.
+    """
+    kwargs = {"num_classes": num_classes, "in_channels": in_channels}
+    if model_spec_kind(spec) == "name":
+        return build_model(spec, **kwargs), kwargs
+    factory = resolve_factory(spec)
+    return call_factory(factory, kwargs, f"the model factory {spec!r}"), _accepted(factory, kwargs)

@@ -4,44 +4,28 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    """What produced a result: CPU, cores, library versions, date, git commit."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """What produced a result: :func:`attnprune.deploy.machine.machine_info` plus the git commit.
+
+    ``cpu`` (the CPU model) and ``cores`` are kept under the names older result
+    files use; ``cpu_vector_extensions`` says which SIMD units the timings had.
+    """
+    from attnprune.deploy.machine import machine_info
+
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, check=False).stdout.strip()
     except OSError:
         commit = ""
-    from importlib.metadata import version
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_pruning": version("torch-pruning"),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": commit,
-    }
+    info = machine_info()
+    return {"cpu": info["cpu_model"] or info["machine"], "cores": info["cpu_count"], **info, "commit": commit}
 
 
 def command() -> str:

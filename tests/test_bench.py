@@ -194,3 +194,44 @@ def test_environment_info():
     assert env["threads"] == 3 and env["cpu_count"] >= 1
     json.dumps(env)
     assert environment_info()["threads"] is None
+
+
+def test_machine_info_reads_the_vector_extensions(tmp_path):
+    from attnprune.deploy import machine
+
+    x86 = tmp_path / "cpuinfo"
+    x86.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\n"
+                   "flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_bf16 amx_tile amx_bf16 xsave\n"
+                   "processor\t: 1\nflags\t\t: fpu\n")
+    assert machine.cpu_model(x86) == "Test CPU 9000"
+    assert machine.vector_extensions(x86) == ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16",
+                                              "amx_tile", "amx_bf16"]
+    arm = tmp_path / "cpuinfo-arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve\n")
+    assert machine.vector_extensions(arm) == ["asimd", "sve"]
+    assert machine.vector_extensions(tmp_path / "missing") is None  # not Linux: unknown, no error
+    assert machine.cpu_flags(tmp_path / "missing") is None
+
+
+def test_machine_info_fields():
+    import onnxruntime
+
+    from attnprune.deploy.machine import machine_info
+
+    info = machine_info()
+    json.dumps(info)
+    assert info["torch"] == torch.__version__ and info["onnxruntime"] == onnxruntime.__version__
+    assert info["torch_threads"] == torch.get_num_threads() >= 1
+    assert info["torch_interop_threads"] >= 1
+    vec = info["cpu_vector_extensions"]
+    assert vec is None or isinstance(vec, list)
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    if " avx2" in flags:
+        assert "avx2" in vec
+    # environment_info is machine_info plus the benchmark's settings
+    env = environment_info(threads=2, provider="cpu")
+    assert {k: env[k] for k in ("cpu_model", "cpu_vector_extensions", "torch_threads")} == {
+        k: info[k] for k in ("cpu_model", "cpu_vector_extensions", "torch_threads")}

@@ -16,9 +16,14 @@ import torch
 import attnprune
 import attnprune.deploy.serialize as aio
 from attnprune import cli
+from attnprune.cli import method_flags
 from attnprune.data import find_fashion_mnist
+from attnprune.methods import get_method
+from attnprune.methods.options import option_specs
+from attnprune.models import build_model
 
-pytestmark = pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST is not installed")
+#: Only the tests that load Fashion-MNIST skip without it; the others run anywhere.
+needs_fashion_mnist = pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST is not installed")
 
 TINY = ["--train-subset", "256", "--test-subset", "128", "--batch-size", "64",
         "--warmup-epochs", "1", "--finetune-epochs", "0", "--option", "steps_per_epoch=2", "--quiet"]
@@ -26,6 +31,8 @@ TINY = ["--train-subset", "256", "--test-subset", "128", "--batch-size", "64",
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
+    if find_fashion_mnist() is None:
+        pytest.skip("Fashion-MNIST is not installed")
     out = tmp_path_factory.mktemp("cli") / "run"
     rc = cli.main(["prune", "--model", "resnet20", "--data", "fashion-mnist", "--ratio", "0.5",
                    "--method", "l1", "--out", str(out), *TINY])
@@ -78,7 +85,10 @@ def test_bench(run_dir, tmp_path, capsys):
 def test_report(run_dir, tmp_path, capsys):
     assert cli.main(["report", "--report", str(run_dir / "report.json")]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("# attnprune report: l1") and "| Params | 272,186 |" in out
+    report = json.loads((run_dir / "report.json").read_text())
+    dense = sum(p.numel() for p in build_model("resnet20", num_classes=10, in_channels=1).parameters())
+    assert report["params_before"] == dense
+    assert out.startswith("# attnprune report: l1") and f"| Params | {dense:,} | {report['params_after']:,} |" in out
     assert cli.main(["report", "--report", str(run_dir / "report.json"), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "report.md").read_text() == (run_dir / "report.md").read_text()
     assert (tmp_path / "r" / "kept_channels.png").is_file()
@@ -121,6 +131,7 @@ def test_unknown_option_and_model(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@needs_fashion_mnist
 def test_value_error_from_prune_is_a_clean_exit_2(tmp_path, capsys, monkeypatch):
     seen = {}
 
@@ -149,10 +160,10 @@ def test_out_folder_must_be_empty(run_dir, capsys):
 
 
 def test_option_values_are_literals():
-    assert cli._option("lr=0.01") == ("lr", 0.01)
-    assert cli._option("optimizer=adam") == ("optimizer", "adam")
-    assert cli._option("finetune_lr=None") == ("finetune_lr", None)
-    assert cli._option("steps_per_epoch = 5") == ("steps_per_epoch", 5)
+    assert method_flags.parse_option("lr=0.01") == ("lr", 0.01)
+    assert method_flags.parse_option("optimizer=adam") == ("optimizer", "adam")
+    assert method_flags.parse_option("finetune_lr=None") == ("finetune_lr", None)
+    assert method_flags.parse_option("steps_per_epoch = 5") == ("steps_per_epoch", 5)
 
 
 def test_export_and_bench_argument_errors(tmp_path, capsys):
@@ -208,6 +219,7 @@ def test_image_folder_data(tmp_path, capsys, monkeypatch):
     assert "--data:" in err and "train/ and val/" in err and "missing: val" in err
 
 
+@needs_fashion_mnist
 def test_factory_model(tmp_path, capsys, monkeypatch):
     seen = {}
 
@@ -240,3 +252,100 @@ def test_resume_needs_a_checkpoint_dir(tmp_path, capsys):
     assert code == 2
     assert "--checkpoint-dir" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def _method_section(text: str, method: str) -> str:
+    """The help text of ``method``'s option group, whitespace-normalised."""
+    flat = " ".join(text.split())
+    head = f"options of method {method!r}"
+    assert head in flat
+    return flat[flat.index(head):]
+
+
+@pytest.mark.parametrize("method", attnprune.available_methods())
+def test_method_help_lists_its_typed_flags_with_its_defaults(method, capsys):
+    assert cli.main(["prune", "--method", method, "--help"]) == 0
+    section = _method_section(capsys.readouterr().out, method)
+    config = get_method(method).config_class()  # the method's own defaults, read off an instance
+    for spec in option_specs(type(config)):
+        flag = method_flags.flag_name(spec.name)
+        at = section.find(flag + " ") if spec.kind is not bool else section.find(f"{flag}, --no-")
+        assert at >= 0, f"{flag} missing from the help of {method}"
+        default = getattr(config, spec.name)
+        shown = section[at:].split("; default: ", 1)[1].split("]", 1)[0]
+        assert shown == ("none" if default is None else str(default)), (method, flag)
+        if spec.choices is not None:
+            assert "{" + ",".join(map(str, spec.choices)) + "}" in section[at:at + 200]
+
+
+def test_defaults_differ_between_methods(capsys):
+    shown = {}
+    for method in ("l1", "paam"):
+        cli.main(["prune", "--method", method, "--help"])
+        section = _method_section(capsys.readouterr().out, method)
+        rest = section[section.index("--warmup-epochs INT"):]
+        shown[method] = rest.split("; default: ", 1)[1].split("]", 1)[0]
+    assert shown == {m: str(get_method(m).config_class().warmup_epochs) for m in ("l1", "paam")}
+    assert shown["l1"] != shown["paam"]
+
+
+def test_typed_flags_reach_prune(tmp_path, capsys, monkeypatch):
+    data = _image_folder(tmp_path / "imgs")
+    seen = {}
+
+    def failing_prune(model, loader, **kw):
+        seen.update(kw)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(attnprune.train.pipeline, "prune", failing_prune)
+    # --method comes last: the first pass finds it anywhere on the line.
+    rc = cli.main(["prune", "--data", str(data), "--image-size", "16", "--batch-size", "4", "--quiet",
+                   "--lr", "0.01", "--steps-per-epoch", "3", "--no-nonneg", "--threshold", "none",
+                   "--optimizer", "adam", "--warmup-epochs", "0", "--option", "momentum=0.8",
+                   "--out", str(tmp_path / "o"), "--method", "abp"])
+    assert rc == 2 and "stop here" in capsys.readouterr().err
+    assert seen["method"] == "abp"
+    given = {k: seen[k] for k in ("lr", "steps_per_epoch", "nonneg", "threshold", "optimizer", "warmup_epochs",
+                                  "momentum")}
+    assert given == {"lr": 0.01, "steps_per_epoch": 3, "nonneg": False, "threshold": None, "optimizer": "adam",
+                     "warmup_epochs": 0, "momentum": 0.8}
+    assert type(seen["lr"]) is float and type(seen["steps_per_epoch"]) is int
+    assert "pull" not in seen and "joint_epochs" not in seen, "options not given keep the method's defaults"
+
+
+@pytest.mark.parametrize("method, argv, expected", [
+    ("l1", ["--lr", "-1"], "--lr: must be a number > 0 (finite), got '-1'"),
+    ("l1", ["--lr", "fast"], "--lr: must be a number > 0 (finite), got 'fast'"),
+    ("abp", ["--optimizer", "rmsprop"], "--optimizer: must be one of ('sgd', 'adam'), got 'rmsprop'"),
+    ("paam", ["--steps-per-epoch", "0"], "--steps-per-epoch: must be an int >= 1 or None, got '0'"),
+    ("paam", ["--warmup-epochs", "1.5"], "--warmup-epochs: must be an int >= 0, got '1.5'"),
+    ("l1", ["--momentum", "none"], "--momentum: must be a number >= 0 and < 1 (finite), got 'none'"),
+])
+def test_bad_flag_value_is_one_error_line(method, argv, expected, tmp_path, capsys):
+    rc = cli.main(["prune", "--method", method, *argv, "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert capsys.readouterr().err.splitlines() == [f"attnprune: error: {expected}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_flag_of_another_method_and_conflicts(tmp_path, capsys):
+    assert cli.main(["prune", "--method", "l1", "--pull", "0.1", "--out", str(tmp_path / "o")]) == 2
+    assert "unrecognized arguments: --pull 0.1" in capsys.readouterr().err
+    assert cli.main(["prune", "--method", "l1", "--lr", "0.1", "--option", "lr=0.2", "--out", str(tmp_path / "o")]) == 2
+    assert "attnprune: error: --lr and --option lr=... both given; use one" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_convert_follows_the_schema():
+    specs = {s.name: s for s in option_specs(get_method("abp").config_class)}
+    assert method_flags.convert(specs["lr"], "1e-3") == 1e-3
+    assert method_flags.convert(specs["finetune_lr"], "None") is None
+    assert method_flags.convert(specs["nonneg"], False) is False
+    with pytest.raises(ValueError, match=r"must be an int >= 0, got 'x'"):
+        method_flags.convert(specs["warmup_epochs"], "x")
+    with pytest.raises(ValueError, match="must be a number > 0"):
+        method_flags.convert(specs["lr"], "none")  # lr is not optional
+
+
+def test_cli_error_is_an_attnprune_error():
+    assert issubclass(cli.CLIError, attnprune.AttnpruneError)

@@ -201,3 +201,51 @@ def test_clear_cache(tmp_path):
     b = load_fashion_mnist(tmp_path, train=False)
     assert a.tensors[0] is not b.tensors[0]
     assert torch.equal(a.tensors[0], b.tensors[0])
+
+
+def test_dataset_not_found_is_an_attnprune_error(tmp_path):
+    from attnprune.errors import AttnpruneError
+
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_fashion_mnist(tmp_path / "empty")
+    assert isinstance(info.value, AttnpruneError) and isinstance(info.value, FileNotFoundError)
+
+
+def _image_tree(root: Path, train=("cat", "dog"), val=("cat", "dog"), per_class=3) -> Path:
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split, classes in (("train", train), ("val", val)):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 255, (20, 24, 3), generator=gen, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_image_folder_loaders(tmp_path):
+    from attnprune.data import image_folder_loaders
+
+    root = _image_tree(tmp_path / "imgs")
+    train, val, num_classes = image_folder_loaders(root, image_size=12, batch_size=4, train_subset=5, seed=1)
+    assert num_classes == 2
+    x, y = next(iter(train))
+    assert x.shape == (4, 3, 12, 12) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert sum(len(b) for _, b in train) == 5 and sum(len(b) for _, b in val) == 6
+    first, _, _ = image_folder_loaders(root, image_size=12, batch_size=4, train_subset=5, seed=1)
+    again, _, _ = image_folder_loaders(root, image_size=12, batch_size=4, train_subset=5, seed=1)
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(first, again)), "same seed, same batches"
+
+    with pytest.raises(ValueError, match="test_subset=7 exceeds the 6 samples"):
+        image_folder_loaders(root, test_subset=7)
+    with pytest.raises(DatasetNotFoundError, match=r"train/ and val/.*missing: the folder itself"):
+        image_folder_loaders(tmp_path / "nowhere")
+    other = _image_tree(tmp_path / "other", val=("cat", "cow"), per_class=1)
+    with pytest.raises(ValueError, match="same class folders"):
+        image_folder_loaders(other)
+    import shutil
+
+    shutil.rmtree(other / "val")
+    with pytest.raises(DatasetNotFoundError, match="missing: val"):
+        image_folder_loaders(other)

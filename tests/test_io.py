@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from _util import random_masks, randomize_bn
 from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
 import attnprune.deploy.serialize as aio
 from attnprune.deploy.serialize import FORMAT, ModelFileError
 from attnprune.models import build_model, resnet20
-
-from _util import random_masks, randomize_bn
 
 
 def _pruned(name="resnet20", x=None, seed=0):
@@ -191,3 +192,45 @@ def test_prune_result_round_trip(tmp_path):
     aio.save(result.model, tmp_path / "m.pt", base="resnet20", pruning_history=result.pruning_history,
              example_inputs=x[:1])
     assert torch.equal(_out(aio.load(tmp_path / "m.pt"), x), _out(result.model, x))
+
+
+# --------------------------------------------------------------------------- files of attnprune 0.1
+V01 = Path(__file__).resolve().parent / "data"
+
+
+def _v01_toy():
+    """The architecture of tests/data/v0.1_model.pt (see tests/data/make_v0.1_model.py)."""
+    from torch import nn
+
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+def _check_v01_model(model, expected) -> None:
+    assert not model.training
+    assert (model[0].out_channels, model[3].out_channels) == (5, 7), "the 0.1 pruning history was replayed"
+    assert sum(p.numel() for p in model.parameters()) == expected["params"] < expected["dense_params"]
+    with torch.no_grad():
+        out = model(expected["input"])
+    torch.testing.assert_close(out, expected["output"], rtol=1e-5, atol=1e-6)
+
+
+def test_model_file_of_0_1_loads():
+    expected = torch.load(V01 / "v0.1_expected.pt", weights_only=True)
+    assert expected["attnprune_version"] == "0.1.0"
+    assert aio.read_info(V01 / "v0.1_model.pt")["attnprune_version"] == "0.1.0"
+    _check_v01_model(aio.load(V01 / "v0.1_model.pt", base=_v01_toy), expected)
+    with pytest.raises(ModelFileError, match="pass base="):
+        aio.load(V01 / "v0.1_model.pt")  # 0.1 recorded no name for a callable base, as today
+
+
+def test_model_file_of_0_1_loads_through_the_deprecated_module():
+    import importlib
+    import sys
+
+    sys.modules.pop("attnprune.io", None)
+    with pytest.warns(DeprecationWarning, match=r"attnprune\.io is deprecated.*attnprune\.deploy\.serialize"):
+        old_io = importlib.import_module("attnprune.io")
+    expected = torch.load(V01 / "v0.1_expected.pt", weights_only=True)
+    _check_v01_model(old_io.load(V01 / "v0.1_model.pt", base=_v01_toy), expected)

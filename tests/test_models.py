@@ -49,8 +49,31 @@ def test_named_constructors_match_registry():
 
 def test_resnet20_param_count():
     assert _num_params(resnet20(in_channels=3)) == RESNET20_PARAMS
-    # ~0.27M as in He et al. (2016), Table 6.
-    assert round(RESNET20_PARAMS / 1e6, 2) == 0.27
+    # ~0.27M as in He et al. (2016), Table 6: checked on the count from the architecture.
+    assert round(_hand_count(3) / 1e6, 2) == 0.27
+
+
+def _hand_count(n: int, in_channels: int = 3, num_classes: int = 10, widths=(16, 32, 64)) -> int:
+    """Parameters of a 6n+2 CIFAR ResNet with option-B shortcuts, from its layer shapes."""
+    def conv_bn(cin, cout, k):  # bias-free conv + BN weight and bias
+        return cin * cout * k * k + 2 * cout
+
+    total = conv_bn(in_channels, widths[0], 3)
+    cin = widths[0]
+    for stage, width in enumerate(widths):
+        for block in range(n):
+            total += conv_bn(cin, width, 3) + conv_bn(width, width, 3)
+            if block == 0 and (stage > 0 or cin != width):
+                total += conv_bn(cin, width, 1)
+            cin = width
+    return total + cin * num_classes + num_classes
+
+
+@pytest.mark.parametrize("depth", VALID_DEPTHS)
+def test_param_count_matches_the_architecture(depth):
+    n = (depth - 2) // 6
+    assert _num_params(cifar_resnet(depth, num_classes=7, in_channels=1)) == _hand_count(n, 1, 7)
+    assert _num_params(cifar_resnet(depth, width=8)) == _hand_count(n, widths=(8, 16, 32))
 
 
 def test_option_b_shortcuts_only_at_stage_transitions():
@@ -124,3 +147,34 @@ def test_unknown_model_name():
     assert "resnet20" in message and "torchvision" in message
     with pytest.raises(ValueError):
         needs_rgb("not-a-model")
+
+
+# --------------------------------------------------------------------------- model specs
+def _only_classes(num_classes: int = 10):
+    """A factory that takes num_classes but no in_channels."""
+    return resnet20(num_classes=num_classes)
+
+
+def test_model_spec_resolution():
+    from attnprune.models import build_from_spec, call_factory, model_spec_kind, resolve_factory
+
+    assert model_spec_kind("resnet20") == "name" and model_spec_kind("resnet18") == "name"
+    assert model_spec_kind("attnprune.models:resnet32") == "factory"
+    assert resolve_factory("attnprune.models:CifarResNet") is CifarResNet
+    with pytest.raises(ValueError, match=r"unknown model 'resnet21'; valid choices: .*resnet20.*module:function"):
+        model_spec_kind("resnet21")
+    with pytest.raises(ValueError, match="has no attribute 'nope'"):
+        resolve_factory("attnprune.models:nope")
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module_xyz'"):
+        resolve_factory("no_such_module_xyz:f")
+    with pytest.raises(ValueError, match="must be written 'module:function'"):
+        resolve_factory("a:b:c")
+    with pytest.raises(TypeError, match="must return a torch.nn.Module, got int"):
+        call_factory(lambda num_classes: num_classes, {"num_classes": 3, "in_channels": 1})
+
+    model, kwargs = build_from_spec("resnet20", 7, 1)
+    assert model.fc.out_features == 7 and model.conv1.in_channels == 1
+    assert kwargs == {"num_classes": 7, "in_channels": 1}
+    model, kwargs = build_from_spec(f"{__name__}:_only_classes", 5, 1)
+    assert model.fc.out_features == 5 and model.conv1.in_channels == 3
+    assert kwargs == {"num_classes": 5}, "only the arguments the factory takes are recorded"

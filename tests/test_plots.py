@@ -10,9 +10,9 @@ import matplotlib.image
 import pytest
 import torch
 
-from attnprune.train.pipeline import GroupReport, PruneReport
-from attnprune.report.plots import plot_kept_channels, plot_score_histogram
 from attnprune.report.markdown import KEPT_PNG, SCORES_PNG, read_report, render_markdown, write_report
+from attnprune.report.plots import plot_kept_channels, plot_score_histogram
+from attnprune.train.pipeline import GroupReport, PruneReport
 from attnprune.train.runner import EpochRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

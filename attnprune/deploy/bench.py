@@ -37,18 +37,13 @@ and affects all models in the same way.
 
 from __future__ import annotations
 
-import datetime as _dt
 import gc
-import json
 import math
 import os
-import platform
 import re
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -56,51 +51,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .export import (
-    PROVIDERS,
-    _as_input_tuple,
-    _batch_size,
-    _check_provider,
-    _check_threads,
-    _with_batch,
-    export_onnx,
-    onnx_session,
-)
+from .._batch import batch_size, with_batch
+from .._ints import check_int
+from .._tree import as_inputs
+from .bench_result import BenchResult
+from .export import export_onnx
+from .machine import machine_info
 from .metrics import count_macs, count_params
+from .ort_session import PROVIDERS, check_provider, check_threads, onnx_session
 
 __all__ = ["BenchResult", "benchmark", "environment_info"]
 
 _TARGET_ROUND_S = 0.05  # a round's sample for one model/batch lasts at least this long
 _MAX_RUNS_PER_ROUND = 100_000
-
-
-# --------------------------------------------------------------------------- #
-# Environment
-# --------------------------------------------------------------------------- #
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "cpu model") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return None
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _usable_cpus() -> int | None:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
 
 
 def environment_info(*, threads: int | None = None, provider: str | None = None) -> dict[str, Any]:
@@ -111,179 +74,14 @@ def environment_info(*, threads: int | None = None, provider: str | None = None)
         provider: Execution provider to record (``"cpu"``/``"cuda"``).
 
     Returns:
-        A JSON-serialisable dict with ``machine`` (``platform.machine()``),
-        ``processor`` (``platform.processor()``), ``cpu_model`` (``model
-        name`` from ``/proc/cpuinfo`` when present, else ``None``),
-        ``platform``, ``cpu_count`` (``os.cpu_count()``), ``usable_cpus``
-        (CPU affinity of this process), ``threads``, ``provider``,
-        ``ort_providers`` (providers of the installed onnxruntime),
-        ``gpu`` (CUDA device name when ``provider="cuda"``), the versions
-        ``python``, ``torch``, ``torchvision``, ``torch_pruning``, ``onnx``,
-        ``onnxscript``, ``onnxruntime``, ``numpy``, and ``date`` (UTC, ISO
-        8601).
+        :func:`attnprune.deploy.machine.machine_info` (CPU model and vector
+        extensions, thread counts, library versions, date) plus ``threads``,
+        ``provider`` and ``gpu`` (the CUDA device name when ``provider="cuda"``).
     """
-    try:
-        import onnxruntime as ort
-
-        ort_providers = list(ort.get_available_providers())
-    except ImportError:
-        ort_providers = []
     gpu = None
     if provider == "cuda" and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(0)
-    return {
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "cpu_model": _cpu_model(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": _usable_cpus(),
-        "threads": threads,
-        "provider": provider,
-        "ort_providers": ort_providers,
-        "gpu": gpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": _version("torchvision"),
-        "torch_pruning": _version("torch-pruning"),
-        "onnx": _version("onnx"),
-        "onnxscript": _version("onnxscript"),
-        "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
-        "numpy": np.__version__,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-# --------------------------------------------------------------------------- #
-# Result
-# --------------------------------------------------------------------------- #
-def _fmt(value: Any, spec: str = ",.0f") -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return format(value, spec)
-
-
-@dataclass
-class BenchResult:
-    """Outcome of :func:`benchmark`.
-
-    Attributes:
-        reference: Name of the reference (dense) model: the first dict entry.
-        models: Per model name: ``params`` and ``macs`` (per sample; ``None``
-            for models given as ``.onnx`` files), ``source`` (``"module"`` or
-            ``"onnx"``) and ``onnx_path`` (``None`` when the export went to a
-            temporary directory that no longer exists).
-        latency: One record per model and batch size with ``model``,
-            ``batch_size``, ``runs_per_round``, ``median_ms``, ``p10_ms``,
-            ``p90_ms``, ``mean_ms``, ``throughput`` (samples/s at the median)
-            and ``rounds_ms`` (the per-round mean latencies).
-        pairs: One record per non-reference model and batch size with
-            ``model``, ``reference``, ``batch_size``, ``macs_ratio``,
-            ``params_ratio``, ``speedup``, ``speedup_p10``, ``speedup_p90``
-            and ``efficiency`` (``None`` where MACs are unknown).
-        settings: Benchmark parameters (batch sizes, rounds, warmup, threads,
-            provider, input shapes, ...).
-        environment: See :func:`environment_info`.
-    """
-
-    reference: str
-    models: dict[str, dict[str, Any]]
-    latency: list[dict[str, Any]]
-    pairs: list[dict[str, Any]]
-    settings: dict[str, Any]
-    environment: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Returns the result as plain JSON-serialisable containers."""
-        return json.loads(
-            json.dumps(
-                {
-                    "reference": self.reference,
-                    "models": self.models,
-                    "latency": self.latency,
-                    "pairs": self.pairs,
-                    "settings": self.settings,
-                    "environment": self.environment,
-                }
-            )
-        )
-
-    def to_json(self, path: str | os.PathLike[str]) -> Path:
-        """Writes :meth:`to_dict` as indented JSON (atomically) and returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, indent=2)
-                fh.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
-
-    def latency_of(self, model: str, batch_size: int) -> dict[str, Any]:
-        """Returns the latency record of ``model`` at ``batch_size``.
-
-        Raises:
-            KeyError: If there is no such record.
-        """
-        for rec in self.latency:
-            if rec["model"] == model and rec["batch_size"] == batch_size:
-                return rec
-        raise KeyError(f"no latency record for model={model!r}, batch_size={batch_size}")
-
-    def pair(self, model: str, batch_size: int) -> dict[str, Any]:
-        """Returns the comparison of ``model`` with the reference at ``batch_size``.
-
-        Raises:
-            KeyError: If there is no such record (the reference has none).
-        """
-        for rec in self.pairs:
-            if rec["model"] == model and rec["batch_size"] == batch_size:
-                return rec
-        raise KeyError(f"no comparison record for model={model!r}, batch_size={batch_size}")
-
-    def to_markdown(self) -> str:
-        """Renders the environment, latency and comparison tables as Markdown."""
-        env = self.environment
-        cpu = env.get("cpu_model") or env.get("processor") or env.get("machine") or "unknown CPU"
-        lines = [
-            f"## Benchmark (reference: {self.reference})",
-            "",
-            f"{cpu}; {env.get('threads')} threads ({env.get('usable_cpus')} usable CPUs); "
-            f"provider {env.get('provider')}; onnxruntime {env.get('onnxruntime')}, "
-            f"torch {env.get('torch')}, python {env.get('python')}; {env.get('date')}. "
-            f"{self.settings.get('rounds')} interleaved rounds, "
-            f"{self.settings.get('warmup')} warm-up calls; latency = median "
-            "(p10-p90) of per-round means; MACs per sample.",
-            "",
-            "| Model | Batch | Params | MACs | Median ms | p10 ms | p90 ms | Samples/s |",
-            "|:--|--:|--:|--:|--:|--:|--:|--:|",
-        ]
-        for rec in self.latency:
-            info = self.models.get(rec["model"], {})
-            lines.append(
-                f"| {rec['model']} | {rec['batch_size']} | {_fmt(info.get('params'))} | "
-                f"{_fmt(info.get('macs'))} | {rec['median_ms']:.3f} | {rec['p10_ms']:.3f} | "
-                f"{rec['p90_ms']:.3f} | {rec['throughput']:,.1f} |"
-            )
-        if self.pairs:
-            lines += [
-                "",
-                "| Model | Batch | MACs ratio | Speedup | Speedup p10-p90 | Efficiency |",
-                "|:--|--:|--:|--:|--:|--:|",
-            ]
-            for rec in self.pairs:
-                lines.append(
-                    f"| {rec['model']} | {rec['batch_size']} | {_fmt(rec['macs_ratio'], '.2f')}x | "
-                    f"{rec['speedup']:.2f}x | {rec['speedup_p10']:.2f}-{rec['speedup_p90']:.2f} | "
-                    f"{_fmt(rec['efficiency'], '.2f')} |"
-                )
-        return "\n".join(lines)
+    return {**machine_info(), "threads": threads, "provider": provider, "gpu": gpu}
 
 
 # --------------------------------------------------------------------------- #
@@ -320,14 +118,6 @@ def _check_models(models: Any) -> list[tuple[str, nn.Module | Path]]:
     return items
 
 
-def _check_count(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def _check_batch_sizes(batch_sizes: Any) -> list[int]:
     if isinstance(batch_sizes, int) and not isinstance(batch_sizes, bool):
         batch_sizes = (batch_sizes,)
@@ -337,7 +127,7 @@ def _check_batch_sizes(batch_sizes: Any) -> list[int]:
         )
     out: list[int] = []
     for b in batch_sizes:
-        _check_count(b, "each of batch_sizes", 1)
+        check_int("each of batch_sizes", b, 1)
         if b not in out:
             out.append(b)
     return out
@@ -433,15 +223,15 @@ def benchmark(
             check.
     """
     items = _check_models(models)
-    inputs = _as_input_tuple(example_inputs)
-    _batch_size(inputs)
+    inputs = as_inputs(example_inputs)
+    batch_size(inputs)
     sizes = _check_batch_sizes(batch_sizes)
-    threads = _check_threads(threads)
-    rounds = _check_count(rounds, "rounds", 1)
-    warmup = _check_count(warmup, "warmup", 0)
-    provider = _check_provider(provider)
+    threads = check_threads(threads)
+    rounds = check_int("rounds", rounds, 1)
+    warmup = check_int("warmup", warmup, 0)
+    provider = check_provider(provider)
     if runs_per_round is not None:
-        runs_per_round = _check_count(runs_per_round, "runs_per_round", 1)
+        runs_per_round = check_int("runs_per_round", runs_per_round, 1)
 
     tmp = None
     if workdir is None:
@@ -478,7 +268,7 @@ def benchmark(
         feeds: dict[tuple[str, int], dict[str, np.ndarray]] = {}
         for b in sizes:
             arrays = [
-                np.ascontiguousarray(t.detach().cpu().numpy()) for t in _with_batch(inputs, b)
+                np.ascontiguousarray(t.detach().cpu().numpy()) for t in with_batch(inputs, b)
             ]
             for name, _ in items:
                 feeds[name, b] = _feed_for(sessions[name], name, arrays)

@@ -2,9 +2,8 @@
 
 :func:`export_onnx` writes a finalized (hook-free) model to an ONNX file and,
 by default, runs the file with ONNX Runtime on the same inputs to prove that
-it computes what the PyTorch model computes. :func:`onnx_session` creates ONNX
-Runtime sessions with a fixed, reproducible threading setup, used both by the
-parity check and by :mod:`attnprune.deploy.bench`.
+it computes what the PyTorch model computes, in ONNX Runtime sessions made by
+:func:`attnprune.deploy.ort_session.onnx_session` (re-exported here).
 
 Parity tolerance:
     An export passes when, for every output,
@@ -21,7 +20,6 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._batch import batch_size, with_batch
 from .._modes import eval_mode
+from .._tree import as_inputs, flatten_tensors
 from ..errors import AttnpruneError
+from .ort_session import PROVIDERS, onnx_session
 
 __all__ = [
     "PROVIDERS",
@@ -38,12 +39,6 @@ __all__ = [
     "export_onnx",
     "onnx_session",
 ]
-
-#: Accepted values of the ``provider`` argument, mapped to ONNX Runtime names.
-PROVIDERS: dict[str, str] = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-}
 
 
 class ExportMismatchError(AttnpruneError, RuntimeError):
@@ -57,173 +52,8 @@ class ExportMismatchError(AttnpruneError, RuntimeError):
 
 
 # --------------------------------------------------------------------------- #
-# ONNX Runtime sessions
-# --------------------------------------------------------------------------- #
-def _default_threads() -> int:
-    """Number of CPUs this process may run on (affinity-aware)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _check_provider(provider: Any) -> str:
-    if not isinstance(provider, str) or provider.lower() not in PROVIDERS:
-        raise ValueError(
-            f"provider must be one of {sorted(PROVIDERS)} (case-insensitive), got {provider!r}"
-        )
-    return provider.lower()
-
-
-def _check_threads(threads: Any) -> int:
-    if threads is None:
-        return _default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int):
-        raise TypeError(f"threads must be a positive int or None, got {type(threads).__name__}")
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1 (or None for all usable CPUs), got {threads}")
-    return threads
-
-
-def onnx_session(
-    path: str | os.PathLike[str],
-    provider: str = "cpu",
-    threads: int | None = None,
-    *,
-    allow_spinning: bool = False,
-):
-    """Creates an ONNX Runtime ``InferenceSession`` with fixed threading.
-
-    The session uses ``threads`` intra-op threads, a single inter-op thread
-    and sequential execution, so that timings are reproducible and several
-    sessions in one process do not oversubscribe the CPU.
-
-    Thread spinning: by default ONNX Runtime's intra-op worker threads keep
-    spinning (busy-waiting) for a while after each run so that the next run
-    starts faster. When several sessions are timed one after the other in the
-    same process, a previous session's spinning threads steal cores from the
-    session being measured. This helper therefore sets the session option
-    ``session.intra_op.allow_spinning`` to ``"0"`` unless ``allow_spinning``
-    is true. Turning spinning off costs a thread wake-up per run, which is
-    visible only for runs of well under a millisecond.
-
-    Args:
-        path: Path of the ``.onnx`` file.
-        provider: ``"cpu"`` (``CPUExecutionProvider``) or ``"cuda"``
-            (``CUDAExecutionProvider``, with CPU fallback for unsupported
-            nodes).
-        threads: Intra-op thread count; ``None`` means every CPU this process
-            may use (``os.sched_getaffinity``, else ``os.cpu_count()``).
-        allow_spinning: Keep ONNX Runtime's default busy-waiting of idle
-            intra-op threads.
-
-    Returns:
-        An ``onnxruntime.InferenceSession``.
-
-    Raises:
-        ValueError: If ``provider`` is not one of :data:`PROVIDERS` or
-            ``threads`` is below 1.
-        TypeError: If ``threads`` is not an int.
-        FileNotFoundError: If ``path`` does not exist.
-        RuntimeError: If ``provider="cuda"`` but this onnxruntime build has no
-            working ``CUDAExecutionProvider``.
-    """
-    provider = _check_provider(provider)
-    threads = _check_threads(threads)
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX file not found: {path}")
-
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    ort_provider = PROVIDERS[provider]
-    if ort_provider not in available:
-        raise RuntimeError(
-            f"provider={provider!r} needs onnxruntime's {ort_provider}, which this "
-            f"onnxruntime build does not offer (available: {available}). Install the "
-            "'onnxruntime-gpu' package (in place of 'onnxruntime') on a machine with an "
-            "NVIDIA GPU and a matching CUDA/cuDNN, or use provider='cpu'."
-        )
-    providers = [ort_provider] if provider == "cpu" else [ort_provider, PROVIDERS["cpu"]]
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
-    )
-    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    if session.get_providers()[0] != ort_provider:
-        raise RuntimeError(
-            f"onnxruntime could not initialise {ort_provider} (session providers: "
-            f"{session.get_providers()}); check the CUDA/cuDNN installation that "
-            "'onnxruntime-gpu' needs, or use provider='cpu'."
-        )
-    return session
-
-
-# --------------------------------------------------------------------------- #
 # Helpers
 # --------------------------------------------------------------------------- #
-def _as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    if isinstance(example_inputs, torch.Tensor):
-        inputs: tuple[Any, ...] = (example_inputs,)
-    elif isinstance(example_inputs, (tuple, list)):
-        inputs = tuple(example_inputs)
-    else:
-        raise TypeError(
-            "example_inputs must be a torch.Tensor or a tuple/list of tensors, "
-            f"got {type(example_inputs).__name__}"
-        )
-    if not inputs:
-        raise ValueError("example_inputs must contain at least one tensor, got an empty sequence")
-    for i, t in enumerate(inputs):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(
-                f"example_inputs[{i}] must be a torch.Tensor (ONNX inputs are tensors), "
-                f"got {type(t).__name__}"
-            )
-    return inputs
-
-
-def _batch_size(inputs: tuple[torch.Tensor, ...]) -> int:
-    sizes = set()
-    for i, t in enumerate(inputs):
-        if t.dim() == 0 or t.shape[0] == 0:
-            raise ValueError(
-                f"example_inputs[{i}] needs a non-empty batch dimension 0, "
-                f"got shape {tuple(t.shape)}"
-            )
-        sizes.add(int(t.shape[0]))
-    if len(sizes) != 1:
-        raise ValueError(
-            "all example_inputs must share the batch size along dimension 0, got "
-            f"{[tuple(t.shape) for t in inputs]}"
-        )
-    return sizes.pop()
-
-
-def _with_batch(inputs: tuple[torch.Tensor, ...], batch: int) -> tuple[torch.Tensor, ...]:
-    """Builds inputs of another batch size by cycling through the given rows.
-
-    Rows past the original batch are flipped along their last axis so that
-    the new batch does not consist of exact copies (which could hide
-    batch-mixing bugs).
-    """
-    out = []
-    for t in inputs:
-        n = t.shape[0]
-        idx = torch.arange(batch, device=t.device) % n
-        new = t[idx].clone()
-        if batch > n and t.dim() >= 2:
-            new[n:] = new[n:].flip(-1)
-        out.append(new)
-    return tuple(out)
-
-
 def _hooked_modules(model: nn.Module) -> list[str]:
     """Names of submodules that carry forward or forward-pre hooks."""
     return [
@@ -231,18 +61,6 @@ def _hooked_modules(model: nn.Module) -> list[str]:
         for name, m in model.named_modules()
         if m._forward_hooks or m._forward_pre_hooks
     ]
-
-
-def _flatten_outputs(out: Any) -> list[torch.Tensor]:
-    """Flattens tensors out of nested tuples/lists/dicts in ONNX output order."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, Mapping):
-        return [t for v in out.values() for t in _flatten_outputs(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _flatten_outputs(v)]
-    return []
-
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -294,7 +112,7 @@ def _parity_check(
         )
     for inputs in inputs_list:
         with torch.no_grad():
-            ref = [_to_numpy(t) for t in _flatten_outputs(model(*inputs))]
+            ref = [_to_numpy(t) for t in flatten_tensors(model(*inputs))]
         feed = {
             n: _to_numpy(t) for n, t in zip(input_names, inputs, strict=True) if n in graph_inputs
         }
@@ -422,8 +240,8 @@ def export_onnx(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inputs = _as_input_tuple(example_inputs)
-    batch = _batch_size(inputs)
+    inputs = as_inputs(example_inputs)
+    batch = batch_size(inputs)
     if not isinstance(dynamic_batch, bool):
         raise TypeError(f"dynamic_batch must be a bool, got {type(dynamic_batch).__name__}")
     if opset is not None:
@@ -452,13 +270,13 @@ def export_onnx(
     names_in = ["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
     # torch.export specialises size-1 dimensions, so a dynamic batch axis needs
     # an example with at least two rows.
-    export_inputs = _with_batch(inputs, 2) if dynamic_batch and batch == 1 else inputs
+    export_inputs = with_batch(inputs, 2) if dynamic_batch and batch == 1 else inputs
 
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp_file = tmp_dir / path.name
     try:
         with eval_mode(model), torch.no_grad():
-            n_out = len(_flatten_outputs(model(*export_inputs)))
+            n_out = len(flatten_tensors(model(*export_inputs)))
             if n_out == 0:
                 raise ValueError("model(*example_inputs) returned no tensor; nothing to export")
             names_out = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
@@ -502,7 +320,7 @@ def export_onnx(
             if check:
                 checks = [inputs]
                 if dynamic_batch:
-                    checks.append(_with_batch(inputs, batch + 1 if batch > 1 else 3))
+                    checks.append(with_batch(inputs, batch + 1 if batch > 1 else 3))
                 _parity_check(model, tmp_file, names_in, checks, float(rtol))
         _publish(tmp_dir, path.name, path.parent)
     finally:

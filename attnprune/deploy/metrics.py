@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .._modes import eval_mode
+from .._tree import as_inputs
 
 with warnings.catch_warnings():
     # fvcore's import chain decorates helpers with ``torch.jit.script``, which
@@ -108,15 +109,7 @@ def _first_sample(example_inputs: Any) -> tuple[Any, ...]:
     Tensors are sliced along dimension 0 (``t[:1]``, keeping the batch axis);
     other positional arguments are passed through unchanged.
     """
-    if isinstance(example_inputs, torch.Tensor):
-        args: tuple[Any, ...] = (example_inputs,)
-    elif isinstance(example_inputs, (tuple, list)):
-        args = tuple(example_inputs)
-    else:
-        raise TypeError(
-            "example_inputs must be a torch.Tensor or a tuple/list of positional "
-            f"arguments, got {type(example_inputs).__name__}"
-        )
+    args = as_inputs(example_inputs, tensors_only=False)
     if not any(isinstance(a, torch.Tensor) for a in args):
         raise ValueError("example_inputs must contain at least one torch.Tensor")
     sliced = []

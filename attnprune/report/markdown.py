@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_file
-from .plots import _as_dict, _groups, plot_kept_channels, plot_score_histogram
+from .._files import write_text
+from .plots import kept_per_group, plot_kept_channels, plot_score_histogram, report_dict
 
 __all__ = ["KEPT_PNG", "SCORES_PNG", "render_markdown", "write_report", "read_report"]
 
@@ -63,7 +63,7 @@ def _scalar(v: Any) -> str:
 
 
 def _bench_markdown(bench: Any) -> str:
-    from ..deploy.bench import BenchResult
+    from ..deploy.bench_result import BenchResult
 
     if isinstance(bench, BenchResult):
         return bench.to_markdown()
@@ -91,7 +91,7 @@ def render_markdown(report: Any, *, bench: Any = None, images: Mapping[str, str]
     Raises:
         TypeError: ``report`` or ``bench`` has the wrong type.
     """
-    rep = _as_dict(report)
+    rep = report_dict(report)
     images = dict(images or {})
     method = rep.get("method", "?")
     target = rep.get("target", "params")
@@ -124,7 +124,7 @@ def render_markdown(report: Any, *, bench: Any = None, images: Mapping[str, str]
         for label, v in accs:
             lines.append(f"| {label} | {f'{v:.2f}' if isinstance(v, (int, float)) else 'n/a'} |")
 
-    groups = _groups(rep)
+    groups = kept_per_group(rep)
     if groups:
         kept_all, total_all = sum(k for _, k, _ in groups), sum(t for _, _, t in groups)
         lines += ["", "## Kept channels per group", ""]
@@ -176,11 +176,6 @@ def render_markdown(report: Any, *, bench: Any = None, images: Mapping[str, str]
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_file(path, "w") as fh:
-        fh.write(text)
-
-
 def read_report(path: str | os.PathLike[str]) -> dict:
     """Read a ``report.json`` written by :func:`write_report`.
 
@@ -216,17 +211,17 @@ def write_report(report: Any, folder: str | os.PathLike[str], *, bench: Any = No
     Raises:
         TypeError: ``report`` or ``bench`` has the wrong type.
     """
-    rep = _as_dict(report)
+    rep = report_dict(report)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"folder must be a directory, got the file {folder}")
     folder.mkdir(parents=True, exist_ok=True)
-    _write_text(folder / "report.json", json.dumps(rep, indent=2, default=str) + "\n")
+    write_text(folder / "report.json", json.dumps(rep, indent=2, default=str) + "\n")
     images = {}
     if plot_kept_channels(rep, folder / KEPT_PNG) is not None:
         images["kept"] = KEPT_PNG
     if plot_score_histogram(rep, folder / SCORES_PNG) is not None:
         images["scores"] = SCORES_PNG
     md = folder / "report.md"
-    _write_text(md, render_markdown(rep, bench=bench, images=images))
+    write_text(md, render_markdown(rep, bench=bench, images=images))
     return md

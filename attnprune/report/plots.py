@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from .._files import atomic_file
-__all__ = ["plot_kept_channels", "plot_score_histogram"]
+
+__all__ = ["plot_kept_channels", "plot_score_histogram", "report_dict", "kept_per_group"]
 
 
-def _as_dict(report: Any) -> dict:
+def report_dict(report: Any) -> dict:
     """A report as a plain dict: a :class:`PruneReport` or a mapping of its fields."""
     if hasattr(report, "to_dict") and callable(report.to_dict):
         return report.to_dict()
@@ -35,7 +36,8 @@ def _as_dict(report: Any) -> dict:
     )
 
 
-def _groups(report: dict) -> list[tuple[str, int, int]]:
+def kept_per_group(report: dict) -> list[tuple[str, int, int]]:
+    """``(name, kept, total)`` of every group of a report dict (ValueError if malformed)."""
     out = []
     for i, g in enumerate(report.get("groups") or []):
         if isinstance(g, Mapping):
@@ -96,8 +98,8 @@ def plot_kept_channels(report: Any, path: str | os.PathLike[str]) -> Path | None
         TypeError: ``report`` is neither a report nor a dict.
         ValueError: A group lacks int ``kept``/``total`` counts.
     """
-    rep = _as_dict(report)
-    groups = _groups(rep)
+    rep = report_dict(report)
+    groups = kept_per_group(rep)
     if not groups:
         return None
     n = len(groups)
@@ -144,7 +146,7 @@ def plot_score_histogram(report: Any, path: str | os.PathLike[str]) -> Path | No
     Raises:
         TypeError: ``report`` is neither a report nor a dict.
     """
-    rep = _as_dict(report)
+    rep = report_dict(report)
     scores = _flat_scores(rep)
     if scores is None:
         return None
