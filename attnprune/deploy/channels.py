@@ -18,11 +18,11 @@ are multiples of 8.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
-__all__ = ["PROVIDERS", "channel_multiple"]
+from .ort_session import check_provider
 
-PROVIDERS = ("cpu", "cuda")
+__all__ = ["channel_multiple"]
 
 
 def channel_multiple(provider: str, cpu_flags: Iterable[str] = ()) -> int:
@@ -39,9 +39,7 @@ def channel_multiple(provider: str, cpu_flags: Iterable[str] = ()) -> int:
     Raises:
         ValueError: An unknown provider.
     """
-    if provider not in PROVIDERS:
-        raise ValueError(f"provider must be one of {list(PROVIDERS)}, got {provider!r}")
-    if provider == "cuda":
+    if check_provider(provider) == "cuda":
         return 8
     flags = {f.lower() for f in cpu_flags}
     if "avx512f" in flags:
