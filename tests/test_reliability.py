@@ -217,7 +217,7 @@ def captured(monkeypatch):
 
 def _assert_clean(insts):
     for inst in insts:
-        assert inst._state != "active"
+        assert not inst.active
         assert count_hooks(inst.model) == 0
         assert not any(parametrize.is_parametrized(m) for m in inst.model.modules())
 

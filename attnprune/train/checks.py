@@ -7,6 +7,7 @@ copied or trained (see README, "Reliability").
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -24,6 +25,7 @@ __all__ = [
     "resolve_device",
     "resolve_distributed",
     "check_seed",
+    "check_resume",
     "resolve_trained",
     "check_iterable",
     "first_batch",
@@ -90,6 +92,16 @@ def resolve_distributed(distributed) -> bool:
 def check_seed(seed) -> None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
+
+
+def check_resume(resume, checkpoint_dir) -> None:
+    """``resume`` is a bool, ``checkpoint_dir`` None or a path, and resuming needs the folder."""
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be True or False, got {resume!r}")
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise TypeError(f"checkpoint_dir must be None or a path, got {type(checkpoint_dir).__name__}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir (the folder of an earlier run's checkpoint)")
 
 
 def check_iterable(name: str, value) -> None:
