@@ -30,8 +30,10 @@ Limits of bit-identical resumption:
   with its own random generator, a ``worker_init_fn`` seeding something else,
   augmentation libraries with private generators. A ``DataLoader`` shuffling
   with no generator of its own draws from torch's global generator, which *is*
-  restored; one with a ``generator=`` is restored through that generator. A
-  ``DistributedSampler`` is deterministic given its epoch, which ``prune()`` sets;
+  restored; one with a ``generator=`` is restored through that generator (with
+  ``seed=``, both are reseeded before every epoch anyway:
+  :mod:`attnprune.train.seeding`). A ``DistributedSampler`` is deterministic
+  given its epoch, which ``prune()`` sets;
 * checkpoints are taken at epoch ends only: an interrupted epoch is redone;
 * the same machine, library versions, thread count and number of processes are
   assumed (floating-point reductions may differ otherwise).

@@ -18,9 +18,14 @@ from .._modes import eval_mode
 from .._batch import call_model, to_device as _to, unpack_batch
 from ..core.budget import select_channels
 from ..core.instrument import Instrumented
+from ..methods import available_methods
 from ..methods.base import Budget
 
 __all__ = [
+    "check_model",
+    "check_method_name",
+    "resolve_loss_fn",
+    "resolve_example_inputs",
     "model_devices",
     "resolve_device",
     "resolve_distributed",
@@ -37,6 +42,35 @@ __all__ = [
     "check_example_tensors",
     "check_distributed_loader",
 ]
+
+
+def check_model(model) -> None:
+    """``model`` is an ``nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def check_method_name(method) -> str:
+    """``method`` is a name (whether it is registered, :func:`~attnprune.get_method` checks)."""
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a method name (str), one of {available_methods()}; "
+                        f"got {type(method).__name__}")
+    return method
+
+
+def resolve_loss_fn(loss_fn):
+    """``loss_fn``, checked callable; cross-entropy when None."""
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}")
+    return loss_fn or nn.functional.cross_entropy
+
+
+def resolve_example_inputs(example_inputs, first_x):
+    """The tracing inputs: ``example_inputs`` checked, or the loader's first sample."""
+    if example_inputs is None:
+        return example_from(first_x)
+    check_example_tensors(example_inputs)
+    return example_inputs
 
 
 def model_devices(model: nn.Module) -> set:

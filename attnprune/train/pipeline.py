@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
 import time
 from typing import Any, Callable, Iterable
@@ -26,7 +27,7 @@ from . import distributed as dist_util
 from .._batch import to_device as _to, unpack_batch
 from ..core.budget import check_ratio, check_round_to, check_target
 from ..core.instrument import instrument
-from ..methods import available_methods, get_method, make_config
+from ..methods import get_method, make_config
 from ..methods.base import Budget, Context, Phase, PruningMethod
 from .checkpoint import Checkpointer, plain
 from .result import GroupReport, PruneReport, PruneResult
@@ -90,7 +91,11 @@ def prune(
         pretrained: Deprecated alias of ``trained`` (attnprune 0.1).
         seed: Seeds torch's generators (CPU and CUDA) and the loader's own
             generator, if it has one, for a repeatable run: the same seed gives
-            the same masks and the same pruned model on the same machine.
+            the same masks and the same pruned model on the same machine. Before
+            the run's ``k``-th training epoch the loader's generators (or, when it
+            has none, torch's global generator) are reseeded from ``(seed, k)``,
+            so the data order of every epoch depends only on them (rule:
+            :mod:`attnprune.train.seeding`).
         progress: Show progress bars (rank 0 only).
         checkpoint_dir: Folder for ``checkpoint.pt``, written atomically at the end
             of every epoch and after the channels are removed (rank 0 only); see
@@ -124,17 +129,11 @@ def prune(
             message names the phase and epoch); nothing is returned.
     """
     started = time.perf_counter()
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    checks.check_model(model)
     budget = Budget(check_ratio(ratio), check_target(target), check_round_to(round_to))
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a method name (str), one of {available_methods()}; "
-                        f"got {type(method).__name__}")
-    method_cls = get_method(method)
+    method_cls = get_method(checks.check_method_name(method))
     config = make_config(method_cls, options)
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}")
-    loss_fn = loss_fn or nn.functional.cross_entropy
+    loss_fn = checks.resolve_loss_fn(loss_fn)
     checks.check_seed(seed)
     trained = checks.resolve_trained(trained, pretrained)
     checks.check_resume(resume, checkpoint_dir)
@@ -146,11 +145,7 @@ def prune(
         seed_run(seed, loader)
     first_x, first_y = checks.first_batch(loader)
     explicit = example_inputs is not None
-    if not explicit:
-        example_inputs = checks.example_from(first_x)
-    else:
-        checks.check_example_tensors(example_inputs)
-    example_inputs = _to(example_inputs, device)
+    example_inputs = _to(checks.resolve_example_inputs(example_inputs, first_x), device)
 
     work = copy.deepcopy(model).to(device)
     checks.check_feeds(work, example_inputs, explicit, first_x, first_y, loss_fn, device)
@@ -166,12 +161,7 @@ def prune(
         steps = runner.steps_in_epoch()
         if use_dist:
             checks.check_distributed_loader(loader, steps)
-
-        def batches():
-            for batch in loader:
-                x, y = unpack_batch(batch)
-                yield _to(x, device), _to(y, device)
-
+        batches = functools.partial(_device_batches, loader, device)
         algo.attach(inst, budget, Context(batches=batches, loss_fn=loss_fn, seed=seed, steps_per_epoch=steps))
         if use_dist:
             dist_util.sync_module(work)
@@ -181,10 +171,8 @@ def prune(
             fingerprint = _fingerprint(method, budget, config, trained, seed, work, steps, use_dist)
             checkpointer = Checkpointer(checkpoint_dir, fingerprint, loader, distributed=use_dist)
 
-        def score(m: nn.Module) -> float:
-            return evaluate(m, eval_loader, device, distributed=use_dist)
-
-        scorer = score if eval_loader is not None else None
+        scorer = None if eval_loader is None else functools.partial(
+            _evaluate_on, eval_loader=eval_loader, device=device, distributed=use_dist)
         record = RunRecord(runner, started=started)
         ckpts = Checkpoints(checkpointer, record)
         phases = algo.phases(trained=trained)
@@ -192,6 +180,7 @@ def prune(
         removal = ChannelRemoval(work, inst, algo, use_dist)
         finetune = FineTune(_finetune_phase(config), len(phases), runner, removal, ckpts)
 
+        # the stages: method phases -> channel removal -> fine-tuning, each resumable
         saved = ckpts.load() if resume else None
         if saved is not None:
             record.load_state_dict(saved)
@@ -212,6 +201,17 @@ def prune(
         inst.remove()
         raise
     return _result(model, method, budget, inst, removal, runner, record, params_before, macs_before, acc_after)
+
+
+def _device_batches(loader: Iterable, device):
+    """The loader's ``(inputs, targets)`` on ``device`` (the methods' ``Context.batches``)."""
+    for batch in loader:
+        x, y = unpack_batch(batch)
+        yield _to(x, device), _to(y, device)
+
+
+def _evaluate_on(model: nn.Module, *, eval_loader: Iterable, device, distributed: bool) -> float:
+    return evaluate(model, eval_loader, device, distributed=distributed)
 
 
 def _finetune_phase(config) -> Phase:

@@ -69,7 +69,8 @@ class PruneReport:
             ]
         acc = [(k, getattr(self, k)) for k in ("accuracy_before_pruning", "accuracy_at_removal", "accuracy_after")]
         if any(v is not None for _, v in acc):
-            lines.append("top-1 " + "   ".join(f"{k.replace('accuracy_', '')}: {v:.2f}%" for k, v in acc if v is not None))
+            shown = (f"{k.replace('accuracy_', '')}: {v:.2f}%" for k, v in acc if v is not None)
+            lines.append("top-1 " + "   ".join(shown))
         lines.append(f"time {self.seconds:.1f}s")
         return "\n".join(lines)
 

@@ -21,6 +21,7 @@ no-op without ``checkpoint_dir``). The layout is format 1 of
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -63,6 +64,7 @@ class RunRecord:
         return self.seconds_before + time.perf_counter() - self.started
 
     def state_dict(self) -> dict:
+        """History, epochs done, accuracies and seconds so far (in every checkpoint)."""
         return {
             "history": [plain(dataclasses.asdict(r)) for r in self.runner.history],
             "epochs_done": self.runner.epochs_done,
@@ -72,6 +74,7 @@ class RunRecord:
         }
 
     def load_state_dict(self, saved: dict) -> None:
+        """Continue the record of the checkpointed run (its runner's history and epoch count too)."""
         self.runner.history = [EpochRecord(**r) for r in saved["history"]]
         self.runner.epochs_done = int(saved["epochs_done"])
         self.acc_before = saved["acc_before"]
@@ -164,21 +167,21 @@ class MethodPhases:
             self._resume = saved
 
     def run(self) -> None:
-        """Train what remains of the phases; measure the dense accuracy before gating."""
-        for i in range(self.index, len(self.phases) + 1):
-            phase = self.phases[i] if i < len(self.phases) else None
-            if phase is None or phase.gates != "off":
+        """Train what remains of the phases; measure the dense accuracy before the gates act."""
+        start, resume = self.index, self._resume
+        self._resume = None
+        for i in range(start, len(self.phases)):
+            phase = self.phases[i]
+            if phase.gates != "off":
                 self._measure_dense()
-            if phase is None:
-                break
-            resume, self._resume = (self._resume, None) if i == self.index else (None, None)
-            self.index, self.epoch = i, (self.epoch if resume is not None else 0)
-            if resume is not None:
+            if i == start and resume is not None:  # mid-phase: self.epoch epochs of it are done
                 self.runner.run(self.work, phase, self.method, kept=self._kept, start_epoch=self.epoch,
-                                resume=resume["optim"], on_start=lambda: self._restart(resume),
+                                resume=resume["optim"], on_start=functools.partial(self._restart, resume),
                                 on_epoch_end=self._epoch_end)
             else:
+                self.index, self.epoch = i, 0
                 self.runner.run(self.work, phase, self.method, kept=self._kept, on_epoch_end=self._epoch_end)
+        self._measure_dense()
         self.index, self.epoch = len(self.phases), 0
 
     def _epoch_end(self, phase: Phase, epoch: int) -> None:
@@ -322,7 +325,7 @@ class FineTune:
         self._resume = None
         if resume is not None:
             self.runner.run(model, self.phase, start_epoch=self.epoch, resume=resume["optim"],
-                            on_start=lambda: self.checkpoints.restore_random(resume),
+                            on_start=functools.partial(self.checkpoints.restore_random, resume),
                             on_epoch_end=self._epoch_end)
         else:
             self.runner.run(model, self.phase, on_epoch_end=self._epoch_end)
