@@ -50,8 +50,9 @@ def main(argv=None) -> int:
     model = resnet20(num_classes=10, in_channels=1)
     print(f"attnprune {attnprune.__version__}: {args.method} on ResNet-20 / Fashion-MNIST "
           f"({len(train.dataset)} training images, {len(test.dataset)} test images), ratio {args.ratio}")
+    # the model starts untrained, so the warm-up runs (trained=True skips it for a trained model)
     result = attnprune.prune(model, train, args.ratio, method=args.method, eval_loader=test, seed=args.seed,
-                             progress=not args.no_progress, warmup_epochs=args.warmup_epochs,
+                             trained=False, progress=not args.no_progress, warmup_epochs=args.warmup_epochs,
                              finetune_epochs=args.finetune_epochs)
     r = result.report
     print()

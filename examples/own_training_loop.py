@@ -44,6 +44,8 @@ def main(argv=None) -> None:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--steps", type=int, default=20, help="training steps per phase")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--trained", action="store_true",
+                    help="the model is trained already: skip the method's warm-up (nothing is downloaded)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
 
@@ -60,7 +62,7 @@ def main(argv=None) -> None:
     method.attach(inst, Budget(args.ratio, "params"), Context(batches=batches, loss_fn=loss_fn, seed=0,
                                                                steps_per_epoch=args.steps))
     try:
-        for phase in method.phases():
+        for phase in method.phases(trained=args.trained):
             method.start_phase(phase)
             opts = []  # your optimisers and schedulers; one per side that trains
             if phase.train_model:
@@ -73,7 +75,7 @@ def main(argv=None) -> None:
             model.train()
             if phase.bn_eval:  # methods that freeze BatchNorm statistics in a phase say so
                 for m in model.modules():
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
                         m.eval()
             step = 0
             for _ in range(phase.epochs):
@@ -95,11 +97,21 @@ def main(argv=None) -> None:
                     method.after_step(phase, step)
                     step += 1
             print(f"phase {phase.name}: {step} steps, last loss {float(loss.detach()):.3f}")
+        # the end of the life cycle: select, commit what was learned, detach, remove
         selection = method.select()
-        inst.set_masks(selection.masks)
-        method.detach()
-        pruned = inst.finalize()  # checks gated == pruned on the example input
-    except BaseException:
+        if method.structured:
+            inst.set_masks(selection.masks)
+            inst.mode = "binary"
+        report = method.report()  # method-specific fields (e.g. PAAM's lam), read before detaching
+        print("method report fields:", sorted(report))
+        method.commit(selection)  # success only: write learned state into the weights
+        method.detach()  # only removes the method's hooks and parameters
+        if method.structured:
+            pruned = inst.finalize()  # checks gated == pruned on the example input
+        else:  # unstructured (aswl): zeros in the dense weights, nothing to remove
+            inst.remove()
+            pruned = model
+    except BaseException:  # an error path only detaches: nothing is committed
         method.detach()
         inst.remove()
         raise

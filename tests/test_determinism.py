@@ -64,3 +64,76 @@ def test_different_seeds_differ():
     a = run("random", 1, loader(), model)
     b = run("random", 2, loader(), model)
     assert not all(torch.equal(x, y) for x, y in zip(a.masks, b.masks))
+
+
+# -- the data order depends only on (seed, epoch) --------------------------------------------
+class Recording:
+    """A loader wrapper recording the targets of every complete pass over it (a training epoch).
+
+    A pass someone abandons (the argument check, PAAM's calibration) is not recorded.
+    With ``expose_generator`` the wrapper shows the base loader's generator as its own,
+    as a ``DataLoader(generator=g)`` does.
+    """
+
+    def __init__(self, base: DataLoader, expose_generator: bool):
+        self.base = base
+        self.passes: list[list[int]] = []
+        if expose_generator:
+            self.generator = base.generator
+
+    def __len__(self):
+        return len(self.base)
+
+    def __iter__(self):
+        seen = []
+        for x, y in self.base:
+            seen.extend(y.tolist())
+            yield x, y
+        self.passes.append(seen)
+
+
+def epoch_orders(method, seed, kind, **options):
+    data = Recording(loader(torch.Generator() if kind == "generator" else None), kind == "generator")
+    torch.manual_seed(0)
+    attnprune.prune(resnet20(in_channels=1), data, 0.5, method=method, seed=seed, progress=False, **options)
+    return data.passes
+
+
+@pytest.mark.parametrize("kind", ["generator", "global"])
+def test_epoch_order_depends_only_on_seed_and_epoch(kind):
+    # paam draws one batch for its lam calibration before the AN epoch; random draws none.
+    # Both train 4 epochs: paam warmup, an, cnn, finetune; random 3 warmup, finetune.
+    paam = epoch_orders("paam", 7, kind, warmup_epochs=1, cycles=1, an_epochs=1, cnn_epochs=1, finetune_epochs=1)
+    plain = epoch_orders("random", 7, kind, warmup_epochs=3, finetune_epochs=1)
+    assert len(paam) == len(plain) == 4
+    assert sorted(paam[0]) == sorted(plain[0])  # a permutation of the same data set
+    assert paam == plain
+    assert len({tuple(p) for p in plain}) == 4  # every epoch has its own order
+    other_seed = epoch_orders("random", 8, kind, warmup_epochs=3, finetune_epochs=1)
+    assert all(a != b for a, b in zip(plain, other_seed))
+
+
+def test_runner_reseeds_every_epoch_whatever_drew_in_between():
+    from attnprune.methods.base import Phase
+    from attnprune.train.runner import Runner
+
+    def orders(extra_draws: bool):
+        data = Recording(loader(), expose_generator=False)
+        runner = Runner(loader=data, loss_fn=torch.nn.functional.cross_entropy, progress=False, seed=3)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))
+
+        def draw(*_):
+            if extra_draws:  # something else takes a batch (and a draw of torch's generator)
+                next(iter(data))
+                torch.rand(5)
+
+        draw()
+        runner.run(model, Phase(name="a", epochs=2), on_epoch_end=draw)
+        draw()
+        runner.run(model, Phase(name="b", epochs=1), on_epoch_end=draw)
+        return data.passes, runner.epochs_done
+
+    assert orders(False) == orders(True)
+    passes, done = orders(False)
+    assert done == 3 and len({tuple(p) for p in passes}) == 3

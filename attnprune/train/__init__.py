@@ -1,7 +1,9 @@
 """Training: the schedule runner, the stages of ``prune()``, argument checks,
-checkpoints and distributed training."""
+checkpoints, per-epoch seeding and distributed training."""
 
-from .pipeline import PruneReport, PruneResult, prune
+from .pipeline import prune
+from .result import GroupReport, PruneReport, PruneResult
 from .runner import EpochRecord, Runner, TrainingDivergedError, evaluate
 
-__all__ = ["PruneReport", "PruneResult", "prune", "EpochRecord", "Runner", "TrainingDivergedError", "evaluate"]
+__all__ = ["PruneReport", "PruneResult", "GroupReport", "prune", "EpochRecord", "Runner",
+           "TrainingDivergedError", "evaluate"]

@@ -30,8 +30,10 @@ Limits of bit-identical resumption:
   with its own random generator, a ``worker_init_fn`` seeding something else,
   augmentation libraries with private generators. A ``DataLoader`` shuffling
   with no generator of its own draws from torch's global generator, which *is*
-  restored; one with a ``generator=`` is restored through that generator. A
-  ``DistributedSampler`` is deterministic given its epoch, which ``prune()`` sets;
+  restored; one with a ``generator=`` is restored through that generator (with
+  ``seed=``, both are reseeded before every epoch anyway:
+  :mod:`attnprune.train.seeding`). A ``DistributedSampler`` is deterministic
+  given its epoch, which ``prune()`` sets;
 * checkpoints are taken at epoch ends only: an interrupted epoch is redone;
 * the same machine, library versions, thread count and number of processes are
   assumed (floating-point reductions may differ otherwise).
@@ -50,7 +52,7 @@ from . import distributed as dist_util
 from .._files import atomic_file
 
 __all__ = ["CHECKPOINT_NAME", "atomic_save", "load_checkpoint", "rng_state", "set_rng_state",
-           "loader_generators", "Checkpointer"]
+           "loader_generators", "plain", "Checkpointer"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = 1
@@ -82,6 +84,25 @@ def load_checkpoint(checkpoint_dir: str | os.PathLike) -> dict | None:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an attnprune checkpoint of format {FORMAT}")
     return state
+
+
+def plain(value):
+    """``value`` with anything ``torch.load(weights_only=True)`` cannot read made plain.
+
+    Numbers, strings, tensors and None stay; dicts (with keys made strings), lists
+    and tuples (as lists) are converted recursively; anything else becomes a float
+    when it converts to one, else its ``str``.
+    """
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 # -- random states --------------------------------------------------------------------

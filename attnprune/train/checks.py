@@ -7,6 +7,7 @@ copied or trained (see README, "Reliability").
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -17,13 +18,19 @@ from .._modes import eval_mode
 from .._batch import call_model, to_device as _to, unpack_batch
 from ..core.budget import select_channels
 from ..core.instrument import Instrumented
+from ..methods import available_methods
 from ..methods.base import Budget
 
 __all__ = [
+    "check_model",
+    "check_method_name",
+    "resolve_loss_fn",
+    "resolve_example_inputs",
     "model_devices",
     "resolve_device",
     "resolve_distributed",
     "check_seed",
+    "check_resume",
     "resolve_trained",
     "check_iterable",
     "first_batch",
@@ -35,6 +42,35 @@ __all__ = [
     "check_example_tensors",
     "check_distributed_loader",
 ]
+
+
+def check_model(model) -> None:
+    """``model`` is an ``nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def check_method_name(method) -> str:
+    """``method`` is a name (whether it is registered, :func:`~attnprune.get_method` checks)."""
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a method name (str), one of {available_methods()}; "
+                        f"got {type(method).__name__}")
+    return method
+
+
+def resolve_loss_fn(loss_fn):
+    """``loss_fn``, checked callable; cross-entropy when None."""
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}")
+    return loss_fn or nn.functional.cross_entropy
+
+
+def resolve_example_inputs(example_inputs, first_x):
+    """The tracing inputs: ``example_inputs`` checked, or the loader's first sample."""
+    if example_inputs is None:
+        return example_from(first_x)
+    check_example_tensors(example_inputs)
+    return example_inputs
 
 
 def model_devices(model: nn.Module) -> set:
@@ -90,6 +126,16 @@ def resolve_distributed(distributed) -> bool:
 def check_seed(seed) -> None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
+
+
+def check_resume(resume, checkpoint_dir) -> None:
+    """``resume`` is a bool, ``checkpoint_dir`` None or a path, and resuming needs the folder."""
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be True or False, got {resume!r}")
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise TypeError(f"checkpoint_dir must be None or a path, got {type(checkpoint_dir).__name__}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir (the folder of an earlier run's checkpoint)")
 
 
 def check_iterable(name: str, value) -> None:

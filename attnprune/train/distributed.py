@@ -124,7 +124,7 @@ def sync_method(method) -> None:
     if not is_active():
         return
     inst = method.inst
-    active = inst is not None and inst._state == "active"
+    active = inst is not None and inst.active
     state = broadcast_object({"method": method.state_dict(), "masks": inst.masks() if active else None})
     method.load_state_dict(state["method"])
     if active:

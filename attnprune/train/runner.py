@@ -3,8 +3,14 @@
 Each :class:`~attnprune.methods.base.Phase` decides which parameters train (the
 CNN's, the method's, or both), the gate mode and whether BatchNorm runs in eval
 mode. A fresh optimiser is built for each phase (so one built before channels
-were removed is never reused), with cosine learning-rate decay over the phase.
-Progress bars (tqdm) show phase, epoch, loss and the kept fraction.
+were removed is never reused), with cosine learning-rate decay over the phase
+(torch's ``CosineAnnealingLR``, ``T_max`` = the phase's steps, ``eta_min`` 0; per
+epoch instead for a loader without a length). Progress bars (tqdm) show phase,
+epoch, loss and the kept fraction.
+
+With a ``seed``, the runner reseeds the loader before every epoch, so that the
+batch order of the run's ``k``-th epoch depends only on ``(seed, k)``; the rule
+is in :mod:`attnprune.train.seeding`.
 
 A phase can be resumed at an epoch boundary from :meth:`Runner.phase_state`
 (optimiser and scheduler states, step counter). With ``distributed=True`` the
@@ -30,6 +36,7 @@ from .._batch import call_model as _call, to_device as _to, unpack_batch
 from . import distributed as dist_util
 from ..errors import AttnpruneError
 from ..methods.base import Phase, PruningMethod
+from .seeding import seed_epoch
 
 __all__ = ["Runner", "evaluate", "TrainingDivergedError", "EpochRecord"]
 
@@ -105,10 +112,37 @@ def _optimizer(kind: str, params, lr: float, momentum: float, weight_decay: floa
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 def _bn_eval(model: nn.Module) -> None:
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, _BATCH_NORMS):
             m.eval()
+
+
+@dataclass
+class _Optimisation:
+    """The optimisers, schedulers and step counter of the phase running now."""
+
+    optimizers: list
+    schedulers: list
+    per_epoch: bool  # the schedulers step once per epoch (a loader without a length)
+    step: int = 0
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers],
+                "schedulers": [s.state_dict() for s in self.schedulers],
+                "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise ValueError("the saved phase state does not match the phase (optimiser count differs)")
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+        for sch, s in zip(self.schedulers, state["schedulers"]):
+            sch.load_state_dict(s)
+        self.step = int(state["step"])
 
 
 @dataclass
@@ -123,13 +157,17 @@ class Runner:
         steps_per_epoch: Cap on batches per epoch.
         progress: Show tqdm bars.
         history: Filled with :class:`EpochRecord` entries.
-        on_epoch_end: Optional callback ``(phase, epoch)``, called after the epoch's
-            record is written (``prune()`` writes checkpoints there; the optimiser
-            state of the phase is then :meth:`phase_state`).
         distributed: Train with DistributedDataParallel over the default process
             group (see :mod:`attnprune.train.distributed`).
-        epochs_done: Epochs run so far over every phase; a sampler with
-            ``set_epoch`` (``DistributedSampler``) gets it before each epoch.
+        epochs_done: Epochs run so far over every phase: epoch ``k`` of the run
+            (``k = epochs_done`` when it starts) is prepared by
+            :func:`attnprune.train.seeding.seed_epoch`.
+        seed: None: the loader is not reseeded (a sampler with ``set_epoch``, e.g.
+            ``DistributedSampler``, still gets ``epochs_done``). An int: before
+            every epoch the loader's own torch generators are seeded with
+            ``epoch_seed(seed, epochs_done)``, or torch's global generator when
+            the loader has none, so each epoch's batch order depends only on
+            ``(seed, epochs_done)``, not on what drew from the loader before.
     """
 
     loader: Iterable
@@ -139,24 +177,15 @@ class Runner:
     steps_per_epoch: int | None = None
     progress: bool = True
     history: list[EpochRecord] = field(default_factory=list)
-    on_epoch_end: Callable | None = None
     distributed: bool = False
     epochs_done: int = 0
+    seed: int | None = None
 
     def __post_init__(self):
-        self._live: dict | None = None
-
-    def _batches(self):
-        for i, batch in enumerate(self.loader):
-            if self.steps_per_epoch is not None and i >= self.steps_per_epoch:
-                return
-            yield batch
+        self._live: _Optimisation | None = None
 
     def steps_in_epoch(self) -> int | None:
         """Batches in one epoch (None when the loader has no length)."""
-        return self._n_batches()
-
-    def _n_batches(self) -> int | None:
         try:
             n = len(self.loader)
         except TypeError:
@@ -166,19 +195,14 @@ class Runner:
     def phase_state(self) -> dict | None:
         """Optimiser and scheduler states and the step counter of the phase running now.
 
-        Valid inside :attr:`on_epoch_end`; None outside a phase. ``run(...,
-        resume=state)`` continues the phase from it.
+        Valid inside an ``on_epoch_end`` callback of :meth:`run`; None outside a
+        phase. ``run(..., resume=state)`` continues the phase from it.
         """
-        if self._live is None:
-            return None
-        return {
-            "optimizers": [o.state_dict() for o in self._live["opts"]],
-            "schedulers": [s.state_dict() for s in self._live["scheds"]],
-            "step": self._live["step"],
-        }
+        return None if self._live is None else self._live.state_dict()
 
     def run(self, model: nn.Module, phase: Phase, method: PruningMethod | None = None, kept=None, *,
-            start_epoch: int = 0, resume: dict | None = None, on_start: Callable | None = None) -> None:
+            start_epoch: int = 0, resume: dict | None = None, on_start: Callable[[], None] | None = None,
+            on_epoch_end: Callable[[Phase, int], None] | None = None) -> None:
         """Train ``model`` for ``phase.epochs`` epochs as ``phase`` says.
 
         Args:
@@ -191,6 +215,10 @@ class Runner:
             on_start: Called after ``method.start_phase`` and before training (and
                 before ``resume`` is loaded); ``prune()`` restores a checkpoint's
                 method state and random states there.
+            on_epoch_end: Called as ``on_epoch_end(phase, epoch)`` (``epoch``
+                counted from 0 within the phase) after the epoch's record is
+                appended to :attr:`history`; :meth:`phase_state` is valid there
+                (``prune()`` writes checkpoints there).
 
         Raises:
             TrainingDivergedError: The loss became NaN or infinite.
@@ -198,101 +226,121 @@ class Runner:
         """
         if phase.epochs <= 0 or start_epoch >= phase.epochs:
             return
-        model_params = [p for p in model.parameters() if p.requires_grad]
-        method_params = method.parameters() if method is not None else []
-        groups = []
-        if phase.train_model:
-            groups.append(("model", model_params, phase.optimizer, phase.lr, phase.momentum, phase.weight_decay))
-        if phase.train_method and method_params:
-            groups.append(("method", method_params, phase.method_optimizer, phase.method_lr, 0.9, 0.0))
-        opts = [_optimizer(kind, params, lr, mom, wd) for _, params, kind, lr, mom, wd in groups]
-        n_batches = self._n_batches()
-        total_steps = phase.epochs * (n_batches or 1)
-        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total_steps, 1.0)))) for o in opts]
-        frozen = ([] if phase.train_model else model_params) + ([] if phase.train_method else method_params)
+        live, frozen = self._build_optimisation(model, phase, method)
         if method is not None:
             method.start_phase(phase)
-        if self.distributed and method is not None:
-            dist_util.sync_method(method)
+            if self.distributed:
+                dist_util.sync_method(method)
         if on_start is not None:
             on_start()
-        step = 0
         if resume is not None:
-            if len(resume["optimizers"]) != len(opts):
-                raise ValueError("the saved phase state does not match the phase (optimiser count differs)")
-            for o, s in zip(opts, resume["optimizers"]):
-                o.load_state_dict(s)
-            for sch, s in zip(scheds, resume["schedulers"]):
-                sch.load_state_dict(s)
-            step = int(resume["step"])
-        self._live = {"opts": opts, "scheds": scheds, "step": step}
-        show = self.progress and dist_util.is_main()
+            live.load_state_dict(resume)
+        self._live = live
+        net = None
         try:
             with _frozen(frozen):
-                net = model
-                if self.distributed:
-                    trainable = [p for p in method_params if p.requires_grad] if method is not None else []
-                    net = dist_util.wrap(model, trainable, self.device)
+                net = self._network(model, method)
                 for epoch in range(start_epoch, phase.epochs):
-                    t0 = time.perf_counter()
-                    model.train()
-                    if phase.bn_eval:
-                        _bn_eval(model)
-                    sampler = getattr(self.loader, "sampler", None)
-                    if hasattr(sampler, "set_epoch"):
-                        sampler.set_epoch(self.epochs_done)
-                    total_loss, count = 0.0, 0
-                    bar = tqdm(self._batches(), total=n_batches, disable=not show, leave=False,
-                               desc=f"{phase.name} {epoch + 1}/{phase.epochs}")
-                    for batch in bar:
-                        x, y = unpack_batch(batch)
-                        x, y = _to(x, self.device), _to(y, self.device)
-                        if method is not None:
-                            method.before_step(phase, step)
-                        task_loss = self.loss_fn(_call(net, x), y)
-                        reg = method.regularizer(phase) if method is not None else None
-                        loss = task_loss if reg is None else task_loss + reg
-                        values = torch.stack([task_loss.detach().float().reshape(()),
-                                              loss.detach().float().reshape(())])
-                        if self.distributed:  # every rank sees the same values, so all stop together
-                            values = dist_util.all_reduce_sum(values) / dist_util.world_size()
-                        task, total = (float(v) for v in values.cpu())
-                        if not math.isfinite(total):
-                            raise TrainingDivergedError(
-                                f"loss became {total} in phase {phase.name!r}, epoch {epoch + 1}, "
-                                f"step {step + 1}; lower the learning rate (lr={phase.lr})"
-                            )
-                        for o in opts:
-                            o.zero_grad(set_to_none=True)
-                        loss.backward()
-                        for o, s in zip(opts, scheds):
-                            o.step()
-                            s.step()
-                        if method is not None:
-                            method.after_step(phase, step)
-                        step += 1
-                        self._live["step"] = step
-                        total_loss += task
-                        count += 1
-                        if show and count % 10 == 0:
-                            post = {"loss": f"{total_loss / count:.3f}"}
-                            if kept is not None:
-                                post["kept"] = f"{kept():.3f}"
-                            bar.set_postfix(post)
-                    if count == 0:
-                        raise ValueError("the loader yielded no batch; it must yield (inputs, targets) pairs")
-                    self.epochs_done += 1
-                    if self.distributed:
-                        dist_util.sync_module(model)
-                    rec = EpochRecord(phase=phase.name, epoch=epoch + 1, loss=total_loss / count,
-                                      kept=None if kept is None else float(kept()))
-                    if self.eval_loader is not None:
-                        rec.accuracy = evaluate(model, self.eval_loader, self.device, distributed=self.distributed)
-                    rec.seconds = time.perf_counter() - t0
-                    self.history.append(rec)
-                    if self.on_epoch_end is not None:
-                        self.on_epoch_end(phase, epoch)
+                    self._epoch(net, model, phase, method, epoch, kept)
+                    if on_epoch_end is not None:
+                        on_epoch_end(phase, epoch)
         finally:
             self._live = None
             net = None  # the DDP wrapper (and its gradient hooks) goes with the phase
 
+    # -- the parts of a phase --------------------------------------------------------
+    def _build_optimisation(self, model: nn.Module, phase: Phase, method: PruningMethod | None):
+        """Optimisers and cosine schedulers for what trains in ``phase``; and what is frozen."""
+        model_params = [p for p in model.parameters() if p.requires_grad]
+        method_params = method.parameters() if method is not None else []
+        optimizers = []
+        if phase.train_model:
+            optimizers.append(_optimizer(phase.optimizer, model_params, phase.lr, phase.momentum,
+                                         phase.weight_decay))
+        if phase.train_method and method_params:
+            optimizers.append(_optimizer(phase.method_optimizer, method_params, phase.method_lr, 0.9, 0.0))
+        n_batches = self.steps_in_epoch()
+        per_epoch = n_batches is None
+        t_max = phase.epochs * (1 if per_epoch else max(n_batches, 1))
+        schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=t_max, eta_min=0.0) for o in optimizers]
+        frozen = ([] if phase.train_model else model_params) + ([] if phase.train_method else method_params)
+        return _Optimisation(optimizers, schedulers, per_epoch), frozen
+
+    def _network(self, model: nn.Module, method: PruningMethod | None) -> nn.Module:
+        """What the forward runs through: ``model``, or DDP around it and the method's trainables."""
+        if not self.distributed:
+            return model
+        trainable = [p for p in method.parameters() if p.requires_grad] if method is not None else []
+        return dist_util.wrap(model, trainable, self.device)
+
+    def _batches(self):
+        for i, batch in enumerate(self.loader):
+            if self.steps_per_epoch is not None and i >= self.steps_per_epoch:
+                return
+            yield batch
+
+    def _epoch(self, net: nn.Module, model: nn.Module, phase: Phase, method: PruningMethod | None, epoch: int,
+               kept) -> None:
+        """One pass over the loader, then the epoch's record (and accuracy) in :attr:`history`."""
+        t0 = time.perf_counter()
+        model.train()
+        if phase.bn_eval:
+            _bn_eval(model)
+        seed_epoch(self.loader, self.seed, self.epochs_done)
+        show = self.progress and dist_util.is_main()
+        total_loss, count = 0.0, 0
+        bar = tqdm(self._batches(), total=self.steps_in_epoch(), disable=not show, leave=False,
+                   desc=f"{phase.name} {epoch + 1}/{phase.epochs}")
+        for batch in bar:
+            total_loss += self._step(net, phase, method, batch, epoch)
+            count += 1
+            if show and count % 10 == 0:
+                post = {"loss": f"{total_loss / count:.3f}"}
+                if kept is not None:
+                    post["kept"] = f"{kept():.3f}"
+                bar.set_postfix(post)
+        if count == 0:
+            raise ValueError("the loader yielded no batch; it must yield (inputs, targets) pairs")
+        if self._live.per_epoch:
+            for s in self._live.schedulers:
+                s.step()
+        self.epochs_done += 1
+        if self.distributed:
+            dist_util.sync_module(model)
+        rec = EpochRecord(phase=phase.name, epoch=epoch + 1, loss=total_loss / count,
+                          kept=None if kept is None else float(kept()))
+        if self.eval_loader is not None:
+            rec.accuracy = evaluate(model, self.eval_loader, self.device, distributed=self.distributed)
+        rec.seconds = time.perf_counter() - t0
+        self.history.append(rec)
+
+    def _step(self, net: nn.Module, phase: Phase, method: PruningMethod | None, batch, epoch: int) -> float:
+        """One optimisation step on ``batch``; returns its task loss (averaged over ranks)."""
+        live = self._live
+        x, y = unpack_batch(batch)
+        x, y = _to(x, self.device), _to(y, self.device)
+        if method is not None:
+            method.before_step(phase, live.step)
+        task_loss = self.loss_fn(_call(net, x), y)
+        reg = method.regularizer(phase) if method is not None else None
+        loss = task_loss if reg is None else task_loss + reg
+        values = torch.stack([task_loss.detach().float().reshape(()), loss.detach().float().reshape(())])
+        if self.distributed:  # every rank sees the same values, so all stop together
+            values = dist_util.all_reduce_sum(values) / dist_util.world_size()
+        task, total = (float(v) for v in values.cpu())
+        if not math.isfinite(total):
+            raise TrainingDivergedError(
+                f"loss became {total} in phase {phase.name!r}, epoch {epoch + 1}, "
+                f"step {live.step + 1}; lower the learning rate (lr={phase.lr})"
+            )
+        for o in live.optimizers:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o, s in zip(live.optimizers, live.schedulers):
+            o.step()
+            if not live.per_epoch:
+                s.step()
+        if method is not None:
+            method.after_step(phase, live.step)
+        live.step += 1
+        return task

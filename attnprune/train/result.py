@@ -1,0 +1,94 @@
+"""What :func:`attnprune.prune` returns: the pruned model and its report."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from .runner import EpochRecord
+
+__all__ = ["GroupReport", "PruneReport", "PruneResult"]
+
+
+@dataclass
+class GroupReport:
+    """Kept channels of one group."""
+
+    name: str
+    kept: int
+    total: int
+
+
+@dataclass
+class PruneReport:
+    """What :func:`prune` did. ``macs`` are multiply-accumulates per sample (fvcore).
+
+    ``accuracy_before_pruning`` is measured on the model the method starts pruning
+    (after warm-up, gates off); ``accuracy_at_removal`` right after the closed
+    channels are removed, before fine-tuning; ``accuracy_after`` at the end.
+    """
+
+    method: str
+    ratio_requested: float
+    ratio_achieved: float
+    target: str
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    groups: list[GroupReport]
+    history: list[EpochRecord]
+    accuracy_before_pruning: float | None = None
+    accuracy_at_removal: float | None = None
+    accuracy_after: float | None = None
+    round_to: int | None = None
+    seconds: float = 0.0
+    method_report: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        """A short human-readable summary."""
+        if self.method_report.get("structured", True) is False:  # aswl: zeros, same shapes
+            lines = [
+                f"method {self.method} (unstructured): zeroed {100 * self.ratio_achieved:.1f}% of the weights "
+                f"(asked {100 * self.ratio_requested:.1f}%); layer shapes and MACs are unchanged",
+                f"params {self.params_before:,} -> {self.params_after:,} nonzero   "
+                f"MACs/sample {self.macs_before:,} (dense)",
+            ]
+        else:
+            lines = [
+                f"method {self.method}: removed {100 * self.ratio_achieved:.1f}% of {self.target} "
+                f"(asked {100 * self.ratio_requested:.1f}%)",
+                f"params {self.params_before:,} -> {self.params_after:,}   "
+                f"MACs/sample {self.macs_before:,} -> {self.macs_after:,}",
+            ]
+        acc = [(k, getattr(self, k)) for k in ("accuracy_before_pruning", "accuracy_at_removal", "accuracy_after")]
+        if any(v is not None for _, v in acc):
+            shown = (f"{k.replace('accuracy_', '')}: {v:.2f}%" for k, v in acc if v is not None)
+            lines.append("top-1 " + "   ".join(shown))
+        lines.append(f"time {self.seconds:.1f}s")
+        return "\n".join(lines)
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` returns.
+
+    Attributes:
+        model: The pruned plain ``nn.Module`` (build a new optimizer for it).
+        report: A :class:`PruneReport`.
+        pruning_history: torch-pruning's record of the removal, which
+            :func:`attnprune.deploy.serialize.save` stores so the model reloads from a state dict.
+        masks: The keep-masks applied, one bool tensor per channel group (in the
+            order of ``report.groups``; True = kept).
+    """
+
+    model: nn.Module
+    report: PruneReport
+    pruning_history: list = field(default_factory=list)
+    masks: list = field(default_factory=list)
