@@ -39,7 +39,7 @@ def dense_job(job: dict) -> dict:
     """Make (or read from the cache) one seed's dense starting point."""
     setup = Setup(**job["setup"])
     t0 = time.perf_counter()
-    path, info = dense_checkpoint(setup, job["seed"], data=_data(setup))
+    path, info = dense_checkpoint(setup, job["seed"], cache=job["cache"], data=_data(setup))
     return {"seed": job["seed"], "path": str(path), "info": info, "seconds": time.perf_counter() - t0}
 
 
@@ -62,7 +62,8 @@ def arm_job(job: dict) -> dict:
 
     Returns:
         The row's measured fields (accuracy, params and MACs before and after,
-        passes, CNN optimizer steps, wall seconds, kept channels, method report).
+        passes, CNN optimizer steps, wall and CPU seconds of the arm's training,
+        kept channels, method report).
     """
     torch.set_num_threads(job["threads"])
     setup = Setup(**job["setup"])
@@ -75,14 +76,14 @@ def arm_job(job: dict) -> dict:
     example = next(iter(L["train"]))[0][:1]
     steps = len(L["train"])
     plan = phase_plan(a, model, example, job["ratio"] or 0.5, job["target"] or "params", steps)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     params_before = sum(p.numel() for p in model.parameters())
     if a.is_ceiling:
         runner = Runner(loader=L["train"], loss_fn=torch.nn.functional.cross_entropy, progress=False)
         phase = dense_phase(setup, a.options["epochs"], "ceiling")
         phase.lr = a.options["lr"]
         runner.run(model, phase)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         from attnprune.deploy.metrics import count_macs, count_params
 
         macs, params = count_macs(model, example), count_params(model)
@@ -92,7 +93,7 @@ def arm_job(job: dict) -> dict:
     else:
         res = attnprune.prune(model, L["train"], job["ratio"], method=a.method, target=job["target"], round_to=1,
                               trained=a.trained, seed=seed, progress=False, example_inputs=example, **a.options)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         r = res.report
         out = {"accuracy": evaluate(res.model, L[job["eval"]]), "params_before": r.params_before,
                "params_after": r.params_after, "macs_before": r.macs_before, "macs_after": r.macs_after,
@@ -103,5 +104,6 @@ def arm_job(job: dict) -> dict:
     out["macs_removed"] = 1.0 - out["macs_after"] / out["macs_before"]
     out["dense_params"] = params_before
     out.update(passes=plan["passes"], cnn_epochs=plan["cnn_epochs"], cnn_steps=plan["cnn_steps"],
-               phases=plan["phases"], steps_per_epoch=steps, seconds=seconds, threads=torch.get_num_threads())
+               phases=plan["phases"], steps_per_epoch=steps, seconds=seconds, cpu_seconds=cpu,
+               threads=torch.get_num_threads())
     return out

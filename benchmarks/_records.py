@@ -45,9 +45,9 @@ def git_state(cwd: Path = ROOT) -> dict:
     """The commit checked out now and the tracked files modified (untracked files do not count)."""
     def git(*args):
         out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=cwd, check=False)
-        return out.stdout.strip() if out.returncode == 0 else None
+        return out.stdout.rstrip("\n") if out.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
+    commit = (git("rev-parse", "HEAD") or "").strip()
     status = git("status", "--porcelain", "--untracked-files=no")
     modified = [line[3:] for line in (status or "").splitlines() if line.strip()]
     return {"commit": commit or "unknown", "modified": modified}

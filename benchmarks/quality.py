@@ -118,6 +118,7 @@ def main(argv=None) -> int:
     setup = Setup(model=s["model"], in_channels=1, train_size=s["train_size"], val_size=s["val_size"],
                   test_size=s["test_size"], dense_passes=s["dense_passes"], start=s["start"])
     out_dir = Path(args.out_dir) if args.out_dir else RESULTS
+    cache = str(Path(args.cache_dir) if args.cache_dir else CACHE)
     path = out_dir / f"quality-{args.grid}{'-quick' if args.quick else ''}.jsonl"
     try:
         header = run_header(argv_full, allow_dirty=args.allow_dirty, exempt=args.quick,
@@ -140,7 +141,8 @@ def main(argv=None) -> int:
             print(f"dense seed {res['seed']}: {res['info'].get('seconds', 0):.0f}s to train, "
                   f"sha256 {res['info']['sha256'][:12]}", flush=True)
 
-        _run_all(pool, dense_job, [{"setup": asdict(setup), "seed": seed} for seed in s["seeds"]], dense_done)
+        _run_all(pool, dense_job, [{"setup": asdict(setup), "seed": seed, "cache": cache}
+                                   for seed in s["seeds"]], dense_done)
         jobs = []
         for seed in s["seeds"]:
             ck = checkpoints[seed]
