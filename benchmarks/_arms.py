@@ -36,7 +36,7 @@ PINNED_METHOD = {
 }
 
 
-def _schedule(method: str, passes: int) -> dict:
+def _schedule(method: str, passes: int, trained: bool = True) -> dict:
     """Schedule options giving ``passes`` passes after the starting point."""
     if passes < 2:
         raise ValueError(f"passes must be >= 2 (one to prune or learn, one to train), got {passes}")
@@ -44,8 +44,8 @@ def _schedule(method: str, passes: int) -> dict:
         return dict(cycles=1, an_epochs=1, cnn_epochs=1, finetune_epochs=passes - 2)
     if method in ("abp", "aswl-structured"):
         return dict(joint_epochs=passes - 1, ramp_epochs=max((passes - 1) // 2, 1), finetune_epochs=1)
-    if method == "slim":
-        return dict(sparsity_epochs=1, finetune_epochs=passes - 1)
+    if method == "slim":  # from a warm-up start its penalty runs in the warm-up itself
+        return dict(sparsity_epochs=1, finetune_epochs=passes - 1) if trained else dict(finetune_epochs=passes)
     if method == "taylor-iterative":
         return dict(prune_epochs=passes // 2, finetune_epochs=passes - passes // 2)
     if method in ("l1", "taylor", "random"):
@@ -80,7 +80,7 @@ def arm(name: str, passes: int, start: str = "trained") -> Arm:
     if name == "default":
         return Arm(name, DEFAULT_METHOD, {**_schedule(DEFAULT_METHOD, passes), **warm}, trained)
     if name in PINNED_METHOD or name in BASELINES:
-        opts = {**PINNED, **PINNED_METHOD[name], **_schedule(name, passes), **({"warmup_epochs": 0} if trained
+        opts = {**PINNED, **PINNED_METHOD[name], **_schedule(name, passes, trained), **({"warmup_epochs": 0} if trained
                                                                                 else warm)}
         return Arm(name, name, opts, trained)
     if name == "paam-kq":

@@ -14,7 +14,7 @@ import torch
 import attnprune
 from attnprune.train.runner import Runner, evaluate
 
-from _arms import Arm, phase_plan
+from _arms import WARMUP_PASSES, Arm, phase_plan
 from _dense import Setup, build_model, dense_checkpoint, dense_phase, loaders, splits
 
 __all__ = ["init_worker", "dense_job", "arm_job"]
@@ -76,6 +76,9 @@ def arm_job(job: dict) -> dict:
     example = next(iter(L["train"]))[0][:1]
     steps = len(L["train"])
     plan = phase_plan(a, model, example, job["ratio"] or 0.5, job["target"] or "params", steps)
+    expected = job["passes"] + (0 if a.trained else WARMUP_PASSES)
+    if plan["passes"] != expected:
+        raise RuntimeError(f"arm {a.name} would train {plan['passes']} passes, not the {expected} every arm gets")
     t0, c0 = time.perf_counter(), time.process_time()
     params_before = sum(p.numel() for p in model.parameters())
     if a.is_ceiling:

@@ -46,7 +46,9 @@ from _records import (DirtyTreeError, append_record, done_keys, read_records, ro
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-#: Training images of the gating grid's setup (its wall-time estimate is in the module docstring's run line).
+#: Training images of the default setup: sized so the gating grid (5 seeds x 3 ratios x 6 pruned arms + ceiling,
+#: 12 dense + 4 passes) takes about 1.5 h as two single-thread workers on 2 cores (from about 2.9 ms of CPU per
+#: image and pass of the dense ResNet-20, measured on the 2-core EPYC of the recorded runs).
 DEFAULT_TRAIN_SIZE = 10000
 QUICK = dict(train_size=256, val_size=128, test_size=256, passes=2, dense_passes=1, seeds=[0, 1],
              ratios=[0.5], arms=["ceiling", "random", "l1", "default"])
@@ -65,7 +67,8 @@ def parse(argv):
                     help=f"training images (default {DEFAULT_TRAIN_SIZE}; the resnet56 preset takes half)")
     ap.add_argument("--val-size", type=int, default=5000, help="validation images held out of the 60k (default 5000)")
     ap.add_argument("--eval", choices=("val", "test"), default="test", help="split the accuracy is measured on")
-    ap.add_argument("--workers", type=int, default=2, help="worker processes running arms side by side (default 2)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="worker processes running arms side by side, one torch thread each (default 2; 1 with --quick)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     ap.add_argument("--allow-dirty", action="store_true", help="record from a tree with modified tracked files")
     ap.add_argument("--quick", action="store_true", help="a tiny smoke run (under a minute; results tagged -quick)")
@@ -73,7 +76,7 @@ def parse(argv):
     ap.add_argument("--cache-dir", default=None, help=f"dense checkpoint cache (default {CACHE})")
     args = ap.parse_args(argv)
     for name in ("passes", "dense_passes", "workers", "threads"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
 
@@ -83,10 +86,10 @@ def settings_from(args) -> dict:
     g = dict(GRIDS[args.grid])
     factor = g.pop("train_size_factor", 1.0)
     s = dict(g, passes=args.passes, dense_passes=args.dense_passes, val_size=args.val_size, test_size=None,
-             train_size=args.train_size or int(DEFAULT_TRAIN_SIZE * factor), eval=args.eval, workers=args.workers,
+             train_size=args.train_size or int(DEFAULT_TRAIN_SIZE * factor), eval=args.eval, workers=args.workers or 2,
              threads=args.threads, grid=args.grid, quick=args.quick)
     if args.quick:
-        s.update(QUICK, workers=min(args.workers, 1) if args.workers else 1)
+        s.update(QUICK, workers=args.workers or 1)
     for name in ("arms", "ratios", "seeds", "target"):
         if getattr(args, name) is not None:
             s[name] = getattr(args, name)
@@ -129,8 +132,12 @@ def main(argv=None) -> int:
     records = read_records(path)
     done = done_keys(records)
     gating = [r for r in read_records(out_dir / "quality-gating.jsonl") if r.get("type") == "row"]
-    arms = resolve_arms(s["arms"], gating + [r for r in records if r.get("type") == "row"])
-    specs = [arm(name, s["passes"], s["start"]) for name in arms]  # unknown names fail before any training
+    try:  # unknown arms, or a best baseline not yet measured, fail before any training
+        arms = resolve_arms(s["arms"], gating + [r for r in records if r.get("type") == "row"])
+        specs = [arm(name, s["passes"], s["start"]) for name in arms]
+    except ValueError as exc:
+        print(f"quality.py: {exc}", file=sys.stderr)
+        return 2
     t_start = time.perf_counter()
     pool = _pool(s["workers"], s["threads"])
     try:
@@ -156,7 +163,7 @@ def main(argv=None) -> int:
                         continue
                     jobs.append({"key": key, "arm": asdict(a), "seed": seed, **cell, "setup": asdict(setup),
                                  "checkpoint": ck["path"], "checkpoint_sha256": ck["info"]["sha256"],
-                                 "threads": s["threads"]})
+                                 "threads": s["threads"], "passes": s["passes"]})
         print(f"{len(jobs)} arm run(s) to do, {len(done)} row(s) already in {path}", flush=True)
         if not jobs:
             return 0
