@@ -93,7 +93,12 @@ def _fmt(x, spec="+.2f"):
     return "n/a" if x != x else format(x, spec)
 
 
-def cell_tables(key: tuple, arms: dict[str, list[dict]]) -> list[str]:
+#: Pre-declared primary cells of the gating grid (ratios of params) and the half-width they aim at.
+PRIMARY_RATIOS = (0.7, 0.9)
+PRIMARY_HALF_WIDTH = 0.5
+
+
+def cell_tables(key: tuple, arms: dict[str, list[dict]], primary: bool = False) -> list[str]:
     ratio, target, split = key
     best = best_baseline(arms)
     order = sorted(arms, key=lambda a: -_mean(arms[a], "accuracy"))
@@ -120,6 +125,17 @@ def cell_tables(key: tuple, arms: dict[str, list[dict]]) -> list[str]:
                 continue
             lines.append(f"| {a} | {name} | {c.n} | {c.mean:+.2f} | {c.sd:.2f} | [{c.low:+.2f}, {c.high:+.2f}] | "
                          f"{c.half_width:.2f} | {c.wins}/{c.ties}/{c.losses} | **{c.verdict}** |")
+    if primary and best is not None and "default" in arms:
+        c = pair(arms["default"], arms[best])
+        if c is not None:
+            n = c.n
+            nxt = max(r["seed"] for r in arms["default"]) + 1
+            seeds = " ".join(str(i) for i in range(nxt, nxt + 10 - n))
+            more = (f"above {PRIMARY_HALF_WIDTH}: add seeds to this cell (up to 10), e.g. `python "
+                    f"benchmarks/quality.py --ratios {ratio:g} --seeds {seeds}`"
+                    if c.half_width > PRIMARY_HALF_WIDTH else f"within the aimed {PRIMARY_HALF_WIDTH}")
+            lines += ["", f"Primary cell: half-width of default vs best baseline {c.half_width:.2f} points over "
+                          f"{n} seeds, {more}."]
     return lines + [""]
 
 
@@ -154,6 +170,8 @@ def render_file(name: str, records: list[dict]) -> list[str]:
                       f"`{s['start']}`" + (f" ({s['dense_passes']} dense passes, cached)" if s["start"] == "trained"
                                             else "") + f", {crows[0]['passes_after_start']} passes after it for "
                       f"every arm, `round_to=1`, no per-group cap.", ""]
+        gating = crows[0].get("grid") == "gating"
         for key, arms in cells(crows).items():
-            lines += cell_tables(key, arms)
+            primary = gating and key[1] == "params" and any(abs(key[0] - r) < 1e-9 for r in PRIMARY_RATIOS)
+            lines += cell_tables(key, arms, primary)
     return lines

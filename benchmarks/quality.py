@@ -104,14 +104,25 @@ def _pool(workers: int, threads: int):
                                   initializer=init_worker, initargs=(threads,))
 
 
-def _run_all(pool, fn, jobs, on_done):
+def _drive(pool, tasks, on_done) -> None:
+    """Run ``(fn, job)`` tasks inline or in the pool; ``on_done(fn, job, result)`` returns further tasks.
+
+    The arms of a seed are submitted as soon as its dense checkpoint exists, so both
+    workers stay busy while the last checkpoints train.
+    """
     if pool is None:
-        for job in jobs:
-            on_done(job, fn(job))
+        queue = list(tasks)
+        while queue:
+            fn, job = queue.pop(0)
+            queue.extend(on_done(fn, job, fn(job)))
         return
-    futures = {pool.submit(fn, job): job for job in jobs}
-    for fut in cf.as_completed(futures):
-        on_done(futures[fut], fut.result())
+    live = {pool.submit(fn, job): (fn, job) for fn, job in tasks}
+    while live:
+        finished, _ = cf.wait(live, return_when=cf.FIRST_COMPLETED)
+        for fut in finished:
+            fn, job = live.pop(fut)
+            for nfn, njob in on_done(fn, job, fut.result()):
+                live[pool.submit(nfn, njob)] = (nfn, njob)
 
 
 def main(argv=None) -> int:
@@ -122,7 +133,8 @@ def main(argv=None) -> int:
                   test_size=s["test_size"], dense_passes=s["dense_passes"], start=s["start"])
     out_dir = Path(args.out_dir) if args.out_dir else RESULTS
     cache = str(Path(args.cache_dir) if args.cache_dir else CACHE)
-    path = out_dir / f"quality-{args.grid}{'-quick' if args.quick else ''}.jsonl"
+    tag = ("-val" if s["eval"] == "val" else "") + ("-quick" if args.quick else "")
+    path = out_dir / f"quality-{args.grid}{tag}.jsonl"
     try:
         header = run_header(argv_full, allow_dirty=args.allow_dirty, exempt=args.quick,
                             settings={**s, "setup": asdict(setup)}, threads=s["threads"])
@@ -139,55 +151,58 @@ def main(argv=None) -> int:
         print(f"quality.py: {exc}", file=sys.stderr)
         return 2
     t_start = time.perf_counter()
+    counts = {"run": 0, "skipped": 0}
+
+    def arm_jobs(seed: int, ck: dict) -> list[dict]:
+        jobs = []
+        for a in specs:
+            for ratio in ([None] if a.is_ceiling else s["ratios"]):
+                cell = {"ratio": ratio, "target": None if a.is_ceiling else s["target"], "eval": s["eval"]}
+                opts = {"method": a.method, "options": a.options, "trained": a.trained, "round_to": 1,
+                        "passes": s["passes"], "setup": asdict(setup)}
+                key = row_key(a.name, opts, ck["info"]["sha256"], seed, header["commit"], cell)
+                if key in done:
+                    counts["skipped"] += 1
+                    continue
+                jobs.append({"key": key, "arm": asdict(a), "seed": seed, **cell, "setup": asdict(setup),
+                             "checkpoint": ck["path"], "checkpoint_sha256": ck["info"]["sha256"],
+                             "threads": s["threads"], "passes": s["passes"]})
+        return jobs
+
+    def record_row(job, res):
+        if counts["run"] == 0:
+            append_record(path, header)  # the header goes in once, before this run's first row
+        counts["run"] += 1
+        a = job["arm"]
+        row = {"type": "row", "run": header["run_id"], "key": job["key"], "grid": args.grid, "arm": a["name"],
+               "method": a["method"], "options": a["options"], "trained": a["trained"], "start": setup.start,
+               "seed": job["seed"], "ratio": job["ratio"], "target": job["target"], "eval": job["eval"],
+               "round_to": 1, "per_group_cap": None, "commit": header["commit"],
+               "checkpoint": job["checkpoint_sha256"], "dense_passes": setup.dense_passes,
+               "passes_after_start": s["passes"], "setup": job["setup"], **res}
+        append_record(path, row)
+        ratio = "-" if job["ratio"] is None else f"{job['ratio']:.2f}"
+        print(f"{a['name']:17s} ratio {ratio} seed {job['seed']}: top-1 {res['accuracy']:.2f}%  "
+              f"params -{100 * res['params_removed']:.1f}%  MACs -{100 * res['macs_removed']:.1f}%  "
+              f"{res['passes']} passes, {res['cnn_steps']} CNN steps, {res['seconds']:.0f}s", flush=True)
+
+    def on_done(fn, job, res):
+        if fn is dense_job:
+            print(f"dense seed {res['seed']}: {res['info'].get('seconds', 0):.0f}s to train (cached), "
+                  f"sha256 {res['info']['sha256'][:12]}", flush=True)
+            return [(arm_job, j) for j in arm_jobs(res["seed"], res)]
+        record_row(job, res)
+        return []
+
     pool = _pool(s["workers"], s["threads"])
     try:
-        checkpoints = {}
-
-        def dense_done(job, res):
-            checkpoints[res["seed"]] = res
-            print(f"dense seed {res['seed']}: {res['info'].get('seconds', 0):.0f}s to train, "
-                  f"sha256 {res['info']['sha256'][:12]}", flush=True)
-
-        _run_all(pool, dense_job, [{"setup": asdict(setup), "seed": seed, "cache": cache}
-                                   for seed in s["seeds"]], dense_done)
-        jobs = []
-        for seed in s["seeds"]:
-            ck = checkpoints[seed]
-            for a in specs:
-                for ratio in ([None] if a.is_ceiling else s["ratios"]):
-                    cell = {"ratio": ratio, "target": None if a.is_ceiling else s["target"], "eval": s["eval"]}
-                    opts = {"method": a.method, "options": a.options, "trained": a.trained, "round_to": 1,
-                            "passes": s["passes"], "setup": asdict(setup)}
-                    key = row_key(a.name, opts, ck["info"]["sha256"], seed, header["commit"], cell)
-                    if key in done:
-                        continue
-                    jobs.append({"key": key, "arm": asdict(a), "seed": seed, **cell, "setup": asdict(setup),
-                                 "checkpoint": ck["path"], "checkpoint_sha256": ck["info"]["sha256"],
-                                 "threads": s["threads"], "passes": s["passes"]})
-        print(f"{len(jobs)} arm run(s) to do, {len(done)} row(s) already in {path}", flush=True)
-        if not jobs:
-            return 0
-        append_record(path, header)
-
-        def arm_done(job, res):
-            a = job["arm"]
-            row = {"type": "row", "run": header["run_id"], "key": job["key"], "grid": args.grid, "arm": a["name"],
-                   "method": a["method"], "options": a["options"], "trained": a["trained"], "start": setup.start,
-                   "seed": job["seed"], "ratio": job["ratio"], "target": job["target"], "eval": job["eval"],
-                   "round_to": 1, "per_group_cap": None, "commit": header["commit"],
-                   "checkpoint": job["checkpoint_sha256"], "dense_passes": setup.dense_passes,
-                   "passes_after_start": s["passes"], "setup": job["setup"], **res}
-            append_record(path, row)
-            ratio = "-" if job["ratio"] is None else f"{job['ratio']:.2f}"
-            print(f"{a['name']:17s} ratio {ratio} seed {job['seed']}: top-1 {res['accuracy']:.2f}%  "
-                  f"params -{100 * res['params_removed']:.1f}%  MACs -{100 * res['macs_removed']:.1f}%  "
-                  f"{res['passes']} passes, {res['cnn_steps']} CNN steps, {res['seconds']:.0f}s", flush=True)
-
-        _run_all(pool, arm_job, jobs, arm_done)
+        _drive(pool, [(dense_job, {"setup": asdict(setup), "seed": seed, "cache": cache}) for seed in s["seeds"]],
+               on_done)
     finally:
         if pool is not None:
             pool.shutdown()
-    print(f"wrote {path} ({time.perf_counter() - t_start:.0f}s wall)")
+    print(f"{counts['run']} arm run(s) done, {counts['skipped']} already in {path} "
+          f"({time.perf_counter() - t_start:.0f}s wall)")
     return 0
 
 

@@ -143,6 +143,13 @@ def test_paired_tables_known_verdicts():
     assert "l1 (best baseline)" in text  # best mean of the baselines present
     assert "| 70.00" not in text and "| 0.6" not in text  # means and percentages are formatted
     assert "| 70.0 | 60.0 |" in text  # params and MACs removed, side by side
+    assert "Primary cell" not in text  # only the gating grid's cells at 0.7 and 0.9
+    recs = _synthetic()
+    for r in recs:
+        r["grid"] = "gating"
+    text = "\n".join(tables.render_file("synthetic", recs))
+    assert "Primary cell: half-width of default vs best baseline 1.30 points over 4 seeds, above 0.5" in text
+    assert "--ratios 0.7 --seeds 4 5 6 7 8 9`" in text
 
 
 def test_paired_tables_refuse_mixed_commits_and_checkpoints():
