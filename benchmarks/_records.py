@@ -35,6 +35,8 @@ VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl
                 "amx_tile")
 
 RunHeader = dict
+#: Modified tracked files that do not make a tree dirty: the results themselves (appended to by reruns).
+RESULT_PATHS = ("benchmarks/results/", "benchmarks/RESULTS.md")
 
 
 class DirtyTreeError(RuntimeError):
@@ -82,10 +84,11 @@ def run_header(argv: list[str], *, allow_dirty: bool, exempt: bool, settings: di
             ``exempt`` (``--quick``) is set.
     """
     state = git_state()
-    if state["modified"] and not (allow_dirty or exempt):
+    code = [f for f in state["modified"] if not f.startswith(RESULT_PATHS)]
+    if code and not (allow_dirty or exempt):
         raise DirtyTreeError(
-            f"refusing to record from a tree with modified tracked files ({', '.join(state['modified'][:5])}"
-            f"{', ...' if len(state['modified']) > 5 else ''}): commit them, or pass --allow-dirty (recorded)")
+            f"refusing to record from a tree with modified tracked files ({', '.join(code[:5])}"
+            f"{', ...' if len(code) > 5 else ''}): commit them, or pass --allow-dirty (recorded)")
     from importlib.metadata import version
 
     started = time.time()
@@ -95,7 +98,7 @@ def run_header(argv: list[str], *, allow_dirty: bool, exempt: bool, settings: di
         "command": "python " + shlex.join([os.path.relpath(argv[0]) if argv else "benchmarks/quality.py",
                                            *argv[1:]]),
         "commit": state["commit"],
-        "dirty": bool(state["modified"]),
+        "dirty": bool(code),
         "modified": state["modified"],
         "allow_dirty": bool(allow_dirty),
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),

@@ -95,6 +95,10 @@ def test_dirty_tree_is_refused(monkeypatch):
         records.run_header(["q.py"], allow_dirty=False, exempt=False, settings={}, threads=1)
     h = records.run_header(["q.py"], allow_dirty=True, exempt=False, settings={}, threads=1)
     assert h["dirty"] and h["allow_dirty"] and h["modified"] == ["x.py"]
+    results_only = {"commit": "abc1234", "modified": ["benchmarks/results/quality-gating.jsonl"]}
+    monkeypatch.setattr(records, "git_state", lambda cwd=None: results_only)
+    h = records.run_header(["q.py"], allow_dirty=False, exempt=False, settings={}, threads=1)
+    assert not h["dirty"]  # a rerun appending to a committed result file is not a dirty tree
 
 
 def test_results_md_renders_all_four_tables(results, tmp_path):
