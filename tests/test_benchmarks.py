@@ -74,8 +74,11 @@ def test_quality_quick_rows(results):
     assert all(abs(r["ratio_achieved"] - 0.5) <= 0.01 for r in pruned)
     by = {(r["arm"], r["seed"]): r for r in rows}
     assert by[("l1", 0)]["options"]["lr"] == 0.05 and by[("l1", 0)]["normalize"] == "mean"
-    # the default method's AN pass trains no CNN weight: fewer CNN steps for the same passes
-    assert by[("default", 0)]["cnn_steps"] < by[("l1", 0)]["cnn_steps"]
+    for r in rows:  # CNN steps are derived from the method's own phases plus fine-tuning
+        assert r["cnn_steps"] == r["steps_per_epoch"] * sum(p["epochs"] for p in r["phases"] if p["train_model"])
+        assert sum(p["epochs"] for p in r["phases"]) == r["passes"]
+    if by[("default", 0)]["method"] == "paam":  # its AN pass trains no CNN weight
+        assert by[("default", 0)]["cnn_steps"] < by[("l1", 0)]["cnn_steps"]
     assert by[("ceiling", 0)]["ratio"] is None and by[("ceiling", 0)]["params_removed"] == 0
 
 
