@@ -1,140 +1,211 @@
-"""Quality at equal budget: every method on ResNet-20 / Fashion-MNIST, same passes.
+"""Quality evidence that can tell methods apart: paired arms from shared dense starting points.
 
-Each arm gets the same training subset, the same batch size and the same total number
-of passes over the data (AN-only epochs count as passes), and is evaluated on the full
-10k test set. Writes ``results/quality-<setup>.json`` (one entry per arm) and prints
-a table.
+Per seed the dense ResNet is trained once for ``--dense-passes`` passes and cached
+(``benchmarks/cache/``, keyed by setup, seed, torch version and a hash of the
+training code). Every arm prunes a copy of that same checkpoint with
+``trained=True`` and then gets the same ``--passes`` passes over the training
+subset (AN-only passes count); each record carries its passes and the number of
+optimizer steps that changed CNN weights. Each epoch's data order depends only on
+(seed, epoch). Arms: ``ceiling`` (the dense model trained the same extra passes),
+``random`` (floor), the baselines ``l1``, ``taylor`` (rank once, fine-tune),
+``taylor-iterative`` (prune in steps while training), ``slim`` (one pass of
+sparsity training, then rank), and ``default`` (the library's default method with
+its own defaults except the schedule). Every arm runs with ``round_to=1``; its
+options, normalisation and full config are written into its row.
 
-    python benchmarks/quality.py                 # the recorded setup (about 35 minutes on 2 cores)
-    python benchmarks/quality.py --quick         # a smoke run (CI runs it)
-    python benchmarks/quality.py --arms paam l1 --ratios 0.5 --seeds 0 1
+A fixed validation split (``--val-size``) is held out of the 60k training images;
+``--eval val`` measures on it (tuning: use it with seeds >= 100), ``--eval test``
+on the 10k test set. Rows are appended to ``results/quality-<grid>.jsonl`` with a
+header naming the command, the commit at the start, CPU and threads
+(:mod:`_records`); a rerun skips rows already done. ``make_results.py`` renders
+the paired tables.
+
+    python benchmarks/quality.py                       # the gating grid (about 1.5 h on 2 idle cores)
+    python benchmarks/quality.py --grid warmup         # further records: warmup|learned|macs|resnet56
+    python benchmarks/quality.py --quick --out-dir /tmp/q   # a smoke run (CI, under a minute)
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
+import multiprocessing
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import attnprune  # noqa: E402
-from attnprune.data import fashion_mnist_loaders  # noqa: E402
-from attnprune.methods.base import Phase  # noqa: E402
-from attnprune.models import resnet20  # noqa: E402
-from attnprune.train.runner import Runner, evaluate  # noqa: E402
+from _arms import ARM_NAMES, GRIDS, arm, resolve_arms  # noqa: E402
+from _dense import CACHE, Setup  # noqa: E402
+from _jobs import arm_job, dense_job, init_worker  # noqa: E402
+from _records import (DirtyTreeError, append_record, done_keys, read_records, row_key,  # noqa: E402
+                      run_header)
 
-from _common import write  # noqa: E402
-
-#: arm name -> (method, options given ``passes``); every arm sums to ``passes`` epochs.
-def arm_options(arm: str, passes: int) -> tuple[str, dict]:
-    warm = max(passes * 3 // 8, 1)
-    if arm == "dense":
-        return "dense", {}
-    if arm == "paam-3cycles":  # more alternation, same passes: 1 + 3 x (1 AN + 1 CNN) + 1
-        return "paam", dict(warmup_epochs=1, cycles=3, an_epochs=1, cnn_epochs=1, finetune_epochs=passes - 7,
-                            variant="vanilla")
-    if arm in ("paam", "paam-kq", "sbf", "paam-sqrt", "paam-uniform"):
-        ft = passes - warm - 3  # one cycle: 1 AN epoch + 2 CNN epochs
-        opts = dict(warmup_epochs=warm, cycles=1, an_epochs=1, cnn_epochs=2, finetune_epochs=ft)
-        if arm == "paam-kq":
-            return "paam", dict(opts, variant="kq")
-        if arm == "paam":
-            return "paam", dict(opts, variant="vanilla")
-        if arm in ("paam-sqrt", "paam-uniform"):  # how the L1 term weighs channel costs
-            return "paam", dict(opts, variant="vanilla", cost_weight=arm.split("-")[1])
-        return "sbf", opts
-    if arm in ("abp", "aswl"):  # one-stage joint training, no fine-tuning
-        return arm, dict(warmup_epochs=warm, joint_epochs=passes - warm, finetune_epochs=0)
-    if arm == "aswl-structured":
-        return "aswl-structured", dict(warmup_epochs=warm, joint_epochs=passes - warm - 2, finetune_epochs=2)
-    # baselines: warm up, rank once, fine-tune
-    return arm, dict(warmup_epochs=passes // 2, finetune_epochs=passes - passes // 2)
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+#: Training images of the default setup: sized so the gating grid (5 seeds x 3 ratios x 6 pruned arms + ceiling,
+#: 12 dense + 4 passes) takes about 1.5 h as two single-thread workers on 2 cores (from about 2.9 ms of CPU per
+#: image and pass of the dense ResNet-20, measured on the 2-core EPYC of the recorded runs).
+DEFAULT_TRAIN_SIZE = 10000
+QUICK = dict(train_size=256, val_size=128, test_size=256, passes=2, dense_passes=1, seeds=[0, 1],
+             ratios=[0.5], arms=["ceiling", "random", "l1", "default"])
 
 
-def train_dense(model, train, test, passes: int, lr: float) -> dict:
-    runner = Runner(loader=train, loss_fn=torch.nn.functional.cross_entropy, progress=False)
-    runner.run(model, Phase(name="train", epochs=passes, lr=lr))
-    params = sum(p.numel() for p in model.parameters())
-    return {"accuracy_after": evaluate(model, test), "ratio_achieved": 0.0, "params_after": params}
+def parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--grid", choices=sorted(GRIDS), default="gating", help="named preset (default: gating)")
+    ap.add_argument("--arms", nargs="+", default=None, help=f"override the preset's arms: {', '.join(ARM_NAMES)}")
+    ap.add_argument("--ratios", nargs="+", type=float, default=None)
+    ap.add_argument("--seeds", nargs="+", type=int, default=None)
+    ap.add_argument("--target", choices=("params", "macs"), default=None)
+    ap.add_argument("--passes", type=int, default=4, help="passes after the starting point, every arm (default 4)")
+    ap.add_argument("--dense-passes", type=int, default=12, help="passes of the dense starting point (default 12)")
+    ap.add_argument("--train-size", type=int, default=None,
+                    help=f"training images (default {DEFAULT_TRAIN_SIZE}; the resnet56 preset takes half)")
+    ap.add_argument("--val-size", type=int, default=5000, help="validation images held out of the 60k (default 5000)")
+    ap.add_argument("--eval", choices=("val", "test"), default="test", help="split the accuracy is measured on")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="worker processes running arms side by side, one torch thread each (default 2; 1 with --quick)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    ap.add_argument("--allow-dirty", action="store_true", help="record from a tree with modified tracked files")
+    ap.add_argument("--quick", action="store_true", help="a tiny smoke run (under a minute; results tagged -quick)")
+    ap.add_argument("--out-dir", default=None, help=f"result folder (default {RESULTS})")
+    ap.add_argument("--cache-dir", default=None, help=f"dense checkpoint cache (default {CACHE})")
+    args = ap.parse_args(argv)
+    for name in ("passes", "dense_passes", "workers", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
 
 
-def run_arm(arm: str, ratio: float, seed: int, train, test, passes: int) -> dict:
-    torch.manual_seed(seed)
-    model = resnet20(in_channels=1)
-    method, opts = arm_options(arm, passes)
-    t0 = time.perf_counter()
-    if method == "dense":
-        out = train_dense(model, train, test, passes, 0.05)
-        out.update(method="dense", seconds=time.perf_counter() - t0)
-        return out
-    known = {f.name for f in __import__("dataclasses").fields(attnprune.get_method(method).config_class)}
-    opts = {k: v for k, v in opts.items() if k in known}
-    res = attnprune.prune(model, train, ratio, method=method, seed=seed, progress=False, **opts)
-    r = res.report
-    return {
-        "method": method,
-        "options": opts,
-        "accuracy_after": evaluate(res.model, test),
-        "ratio_achieved": r.ratio_achieved,
-        "params_before": r.params_before,
-        "params_after": r.params_after,
-        "macs_before": r.macs_before,
-        "macs_after": r.macs_after,
-        "seconds": time.perf_counter() - t0,
-        "kept": {g.name: [g.kept, g.total] for g in r.groups},
-        "method_report": {k: v for k, v in r.method_report.items() if k != "scores"},
-    }
+def settings_from(args) -> dict:
+    """The grid's settings after the command-line overrides."""
+    g = dict(GRIDS[args.grid])
+    factor = g.pop("train_size_factor", 1.0)
+    s = dict(g, passes=args.passes, dense_passes=args.dense_passes, val_size=args.val_size, test_size=None,
+             train_size=args.train_size or int(DEFAULT_TRAIN_SIZE * factor), eval=args.eval, workers=args.workers or 2,
+             threads=args.threads, grid=args.grid, quick=args.quick)
+    if args.quick:
+        s.update(QUICK, workers=args.workers or 1)
+    for name in ("arms", "ratios", "seeds", "target"):
+        if getattr(args, name) is not None:
+            s[name] = getattr(args, name)
+    return s
+
+
+def _pool(workers: int, threads: int):
+    if workers <= 1:
+        init_worker(threads)
+        return None
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=init_worker, initargs=(threads,))
+
+
+def _drive(pool, tasks, on_done) -> None:
+    """Run ``(fn, job)`` tasks inline or in the pool; ``on_done(fn, job, result)`` returns further tasks.
+
+    The arms of a seed are submitted as soon as its dense checkpoint exists, so both
+    workers stay busy while the last checkpoints train.
+    """
+    if pool is None:
+        queue = list(tasks)
+        while queue:
+            fn, job = queue.pop(0)
+            queue.extend(on_done(fn, job, fn(job)))
+        return
+    live = {pool.submit(fn, job): (fn, job) for fn, job in tasks}
+    while live:
+        finished, _ = cf.wait(live, return_when=cf.FIRST_COMPLETED)
+        for fut in finished:
+            fn, job = live.pop(fut)
+            for nfn, njob in on_done(fn, job, fut.result()):
+                live[pool.submit(nfn, njob)] = (nfn, njob)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
-    ap.add_argument("--arms", nargs="+", default=None)
-    ap.add_argument("--ratios", nargs="+", type=float, default=None)
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
-    ap.add_argument("--train-subset", type=int, default=8000)
-    ap.add_argument("--passes", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    ap.add_argument("--out-dir", default=None)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.train_subset, args.passes = 256, 4
-        args.arms = args.arms or ["dense", "paam", "l1"]
-        args.ratios = args.ratios or [0.5]
-    arms = args.arms or ["dense", "paam", "paam-kq", "sbf", "abp", "aswl-structured", "l1", "taylor", "slim", "random"]
-    ratios = args.ratios or [0.5]
-    train, test = fashion_mnist_loaders(batch_size=128, train_subset=args.train_subset,
-                                        test_subset=512 if args.quick else None, seed=0)
-    setup = f"fmnist{args.train_subset // 1000}k-resnet20-{args.passes}passes" + ("-quick" if args.quick else "")
-    rows = []
-    available = set(attnprune.available_methods()) | {"dense"}
-    for ratio in ratios:
-        for seed in args.seeds:
-            for arm in arms:
-                method, _ = arm_options(arm, args.passes)
-                if method not in available:
-                    print(f"skip {arm}: method {method!r} is not available", flush=True)
+    argv_full = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+    args = parse(argv)
+    s = settings_from(args)
+    setup = Setup(model=s["model"], in_channels=1, train_size=s["train_size"], val_size=s["val_size"],
+                  test_size=s["test_size"], dense_passes=s["dense_passes"], start=s["start"])
+    out_dir = Path(args.out_dir) if args.out_dir else RESULTS
+    cache = str(Path(args.cache_dir) if args.cache_dir else CACHE)
+    tag = ("-val" if s["eval"] == "val" else "") + ("-quick" if args.quick else "")
+    path = out_dir / f"quality-{args.grid}{tag}.jsonl"
+    try:
+        header = run_header(argv_full, allow_dirty=args.allow_dirty, exempt=args.quick,
+                            settings={**s, "setup": asdict(setup)}, threads=s["threads"])
+    except DirtyTreeError as exc:
+        print(f"quality.py: {exc}", file=sys.stderr)
+        return 2
+    records = read_records(path)
+    done = done_keys(records)
+    gating = [r for r in read_records(out_dir / "quality-gating.jsonl") if r.get("type") == "row"]
+    try:  # unknown arms, or a best baseline not yet measured, fail before any training
+        arms = resolve_arms(s["arms"], gating + [r for r in records if r.get("type") == "row"])
+        specs = [arm(name, s["passes"], s["start"]) for name in arms]
+    except ValueError as exc:
+        print(f"quality.py: {exc}", file=sys.stderr)
+        return 2
+    t_start = time.perf_counter()
+    counts = {"run": 0, "skipped": 0}
+
+    def arm_jobs(seed: int, ck: dict) -> list[dict]:
+        jobs = []
+        for a in specs:
+            for ratio in ([None] if a.is_ceiling else s["ratios"]):
+                cell = {"ratio": ratio, "target": None if a.is_ceiling else s["target"], "eval": s["eval"]}
+                opts = {"method": a.method, "options": a.options, "trained": a.trained, "round_to": 1,
+                        "passes": s["passes"], "setup": asdict(setup)}
+                key = row_key(a.name, opts, ck["info"]["sha256"], seed, header["commit"], cell)
+                if key in done:
+                    counts["skipped"] += 1
                     continue
-                if arm == "dense" and ratio != ratios[0]:
-                    continue
-                row = {"arm": arm, "ratio": ratio, "seed": seed, **run_arm(arm, ratio, seed, train, test, args.passes)}
-                rows.append(row)
-                print(f"{arm:16s} ratio {ratio:.2f} seed {seed}: top-1 {row['accuracy_after']:.2f}%  "
-                      f"removed {100 * row['ratio_achieved']:.1f}%  {row['seconds']:.0f}s", flush=True)
-    tag = "-r" + "_".join(f"{r:g}" for r in ratios) + "-s" + "_".join(map(str, args.seeds))
-    if args.arms:
-        tag += "-" + "_".join(arms)
-    path = write(f"quality-{setup}{tag}", {"setup": {"train_subset": args.train_subset, "passes": args.passes,
-                                                "test": len(test.dataset), "batch_size": 128}, "rows": rows},
-                 args.out_dir)
-    print(f"wrote {path}")
+                jobs.append({"key": key, "arm": asdict(a), "seed": seed, **cell, "setup": asdict(setup),
+                             "checkpoint": ck["path"], "checkpoint_sha256": ck["info"]["sha256"],
+                             "threads": s["threads"], "passes": s["passes"]})
+        return jobs
+
+    def record_row(job, res):
+        if counts["run"] == 0:
+            append_record(path, header)  # the header goes in once, before this run's first row
+        counts["run"] += 1
+        a = job["arm"]
+        row = {"type": "row", "run": header["run_id"], "key": job["key"], "grid": args.grid, "arm": a["name"],
+               "method": a["method"], "options": a["options"], "trained": a["trained"], "start": setup.start,
+               "seed": job["seed"], "ratio": job["ratio"], "target": job["target"], "eval": job["eval"],
+               "round_to": 1, "per_group_cap": None, "commit": header["commit"],
+               "checkpoint": job["checkpoint_sha256"], "dense_passes": setup.dense_passes,
+               "passes_after_start": s["passes"], "setup": job["setup"], **res}
+        append_record(path, row)
+        ratio = "-" if job["ratio"] is None else f"{job['ratio']:.2f}"
+        print(f"{a['name']:17s} ratio {ratio} seed {job['seed']}: top-1 {res['accuracy']:.2f}%  "
+              f"params -{100 * res['params_removed']:.1f}%  MACs -{100 * res['macs_removed']:.1f}%  "
+              f"{res['passes']} passes, {res['cnn_steps']} CNN steps, {res['seconds']:.0f}s", flush=True)
+
+    def on_done(fn, job, res):
+        if fn is dense_job:
+            print(f"dense seed {res['seed']}: {res['info'].get('seconds', 0):.0f}s to train (cached), "
+                  f"sha256 {res['info']['sha256'][:12]}", flush=True)
+            return [(arm_job, j) for j in arm_jobs(res["seed"], res)]
+        record_row(job, res)
+        return []
+
+    pool = _pool(s["workers"], s["threads"])
+    try:
+        _drive(pool, [(dense_job, {"setup": asdict(setup), "seed": seed, "cache": cache}) for seed in s["seeds"]],
+               on_done)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    print(f"{counts['run']} arm run(s) done, {counts['skipped']} already in {path} "
+          f"({time.perf_counter() - t_start:.0f}s wall)")
     return 0
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)
     sys.exit(main())

@@ -1,7 +1,8 @@
-"""Every benchmark script's --quick mode runs, so the scripts cannot rot."""
+"""Every benchmark script's --quick mode runs, so the scripts cannot rot; the paired tables render."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import sys
@@ -28,26 +29,82 @@ def results(tmp_path_factory):
     data = pytest.importorskip("attnprune.data")
     if data.find_fashion_mnist() is None:
         pytest.skip("Fashion-MNIST is not installed")
-    assert _load("quality").main(["--quick", "--out-dir", str(out)]) == 0
+    cache = tmp_path_factory.mktemp("cache")
+    assert _load("quality").main(["--quick", "--out-dir", str(out), "--cache-dir", str(cache)]) == 0
     return out
+
+
+def _records(results):
+    (f,) = results.glob("quality-*.jsonl")
+    return [json.loads(line) for line in f.read_text().splitlines()]
 
 
 @pytest.mark.slow
 def test_quick_results_have_commands_and_machines(results):
     files = sorted(results.glob("*.json"))
-    assert {f.name.split("-")[0] for f in files} == {"surgery", "latency", "overhead", "quality"}
+    assert {f.name.split("-")[0] for f in files} == {"surgery", "latency", "overhead"}
     for f in files:
         d = json.loads(f.read_text())
         assert d["command"].startswith("python ") and d["machine"]["cores"] >= 1
+    (header,) = [r for r in _records(results) if r["type"] == "run"]
+    assert header["command"].startswith("python ") and "--quick" in header["command"]
+    assert len(header["commit"]) >= 7 and isinstance(header["dirty"], bool) and header["allow_dirty"] is False
+    m = header["machine"]
+    assert m["cores"] >= 1 and m["torch_threads_per_worker"] == 1 and m["cpu"]
+    assert isinstance(m["avx2"], bool) and isinstance(m["avx512"], bool)
 
 
 @pytest.mark.slow
 def test_quality_quick_rows(results):
-    (f,) = results.glob("quality-*.json")
-    rows = json.loads(f.read_text())["rows"]
-    assert {r["arm"] for r in rows} == {"dense", "paam", "l1"}
-    pruned = [r for r in rows if r["arm"] != "dense"]
+    recs = _records(results)
+    header = recs[0]
+    rows = [r for r in recs if r["type"] == "row"]
+    assert {r["arm"] for r in rows} == {"ceiling", "random", "l1", "default"}
+    assert {r["seed"] for r in rows} == {0, 1}
+    assert len({r["key"] for r in rows}) == len(rows) == 8
+    for r in rows:
+        assert r["run"] == header["run_id"] and r["commit"] == header["commit"]
+        assert r["round_to"] == 1 and r["per_group_cap"] is None and r["trained"] is True
+        assert r["passes"] == r["passes_after_start"] == 2  # equal passes after the checkpoint
+        assert 0 < r["cnn_steps"] <= r["passes"] * r["steps_per_epoch"]
+        assert r["seconds"] > 0 and r["threads"] == 1 and 0 <= r["accuracy"] <= 100
+        assert "macs_removed" in r and "params_removed" in r and "config" in r
+    for seed in (0, 1):  # every arm of a seed prunes the same checkpoint
+        assert len({r["checkpoint"] for r in rows if r["seed"] == seed}) == 1
+    assert rows[0]["checkpoint"] != [r for r in rows if r["seed"] == 1][0]["checkpoint"]
+    pruned = [r for r in rows if r["arm"] != "ceiling"]
     assert all(abs(r["ratio_achieved"] - 0.5) <= 0.01 for r in pruned)
+    by = {(r["arm"], r["seed"]): r for r in rows}
+    assert by[("l1", 0)]["options"]["lr"] == 0.05 and by[("l1", 0)]["normalize"] == "mean"
+    for r in rows:  # CNN steps are derived from the method's own phases plus fine-tuning
+        assert r["cnn_steps"] == r["steps_per_epoch"] * sum(p["epochs"] for p in r["phases"] if p["train_model"])
+        assert sum(p["epochs"] for p in r["phases"]) == r["passes"]
+    if by[("default", 0)]["method"] == "paam":  # its AN pass trains no CNN weight
+        assert by[("default", 0)]["cnn_steps"] < by[("l1", 0)]["cnn_steps"]
+    assert by[("ceiling", 0)]["ratio"] is None and by[("ceiling", 0)]["params_removed"] == 0
+
+
+@pytest.mark.slow
+def test_quick_rerun_skips_done_rows(results, tmp_path):
+    quality = _load("quality")
+    before = (results / "quality-gating-quick.jsonl").read_text()
+    cache = tmp_path / "cache"
+    # the dense checkpoints differ (a fresh cache trains them again, bit-identically), so nothing reruns
+    assert quality.main(["--quick", "--out-dir", str(results), "--cache-dir", str(cache)]) == 0
+    assert (results / "quality-gating-quick.jsonl").read_text() == before
+
+
+def test_dirty_tree_is_refused(monkeypatch):
+    records = _load("_records")
+    monkeypatch.setattr(records, "git_state", lambda cwd=None: {"commit": "abc1234", "modified": ["x.py"]})
+    with pytest.raises(records.DirtyTreeError, match="--allow-dirty"):
+        records.run_header(["q.py"], allow_dirty=False, exempt=False, settings={}, threads=1)
+    h = records.run_header(["q.py"], allow_dirty=True, exempt=False, settings={}, threads=1)
+    assert h["dirty"] and h["allow_dirty"] and h["modified"] == ["x.py"]
+    results_only = {"commit": "abc1234", "modified": ["benchmarks/results/quality-gating.jsonl"]}
+    monkeypatch.setattr(records, "git_state", lambda cwd=None: results_only)
+    h = records.run_header(["q.py"], allow_dirty=False, exempt=False, settings={}, threads=1)
+    assert not h["dirty"]  # a rerun appending to a committed result file is not a dirty tree
 
 
 @pytest.mark.slow
@@ -58,4 +115,66 @@ def test_results_md_renders_all_four_tables(results, tmp_path):
     for heading in ("Quality at equal budget", "Training overhead", "Surgery time", "Latency"):
         assert heading in text
     assert "Not recorded yet" not in text
-    assert text.count("Command: `python ") == 4
+    assert text.count("Command: `python ") == 3
+    assert "- `python " in text and "--quick" in text and "best baseline (l1)" in text
+
+
+# -- paired tables from a synthetic record set ---------------------------------------------
+def _row(arm, seed, acc, ratio=0.7, commit="c0ffee1", checkpoint=None):
+    return {"type": "row", "run": "r1", "arm": arm, "seed": seed, "ratio": None if arm == "ceiling" else ratio,
+            "target": None if arm == "ceiling" else "params", "eval": "test", "accuracy": acc, "commit": commit,
+            "checkpoint": checkpoint or f"ck{seed}", "params_removed": 0.0 if arm == "ceiling" else 0.7,
+            "macs_removed": 0.0 if arm == "ceiling" else 0.6, "passes": 4, "cnn_steps": 400, "seconds": 10.0,
+            "passes_after_start": 4,
+            "setup": {"model": "resnet20", "in_channels": 1, "train_size": 100, "val_size": 10,
+                      "batch_size": 128, "start": "trained", "dense_passes": 12}}
+
+
+def _synthetic():
+    header = {"type": "run", "run_id": "r1", "command": "python benchmarks/quality.py", "commit": "c0ffee1",
+              "dirty": False, "allow_dirty": False, "started": "now", "settings": {"workers": 2},
+              "machine": {"cpu": "cpu", "cores": 2, "avx2": True, "avx512": False, "torch_cpu_capability": "AVX2",
+                          "torch_threads_per_worker": 1, "torch": "t", "torch_pruning": "tp"}}
+    recs = [header]
+    # default - l1 = [2, 3, 4, 3] (mean 3, 95% interval [1.70, 4.30]: better); l1 beats taylor
+    for seed, (d, l1, tay, rnd, ceil) in enumerate([(72, 70, 69, 60, 80), (70.5, 67.5, 67, 61, 79),
+                                                    (71, 67, 66, 59, 81), (69, 66, 66, 62, 80)]):
+        recs += [_row("default", seed, d), _row("l1", seed, l1), _row("taylor", seed, tay),
+                 _row("random", seed, rnd), _row("ceiling", seed, ceil)]
+    return recs
+
+
+def test_paired_tables_known_verdicts():
+    tables = _load("_paired_tables")
+    text = "\n".join(tables.render_file("synthetic", _synthetic()))
+    line = next(x for x in text.splitlines() if x.startswith("| default | best baseline (l1) |"))
+    assert "| 4 | +3.00 | 0.82 | [+1.70, +4.30] | 1.30 | 4/0/0 | **better** |" in line
+    # default - ceiling = [-8, -8.5, -10, -11]: mean -9.375, entirely below 0
+    assert "| default | ceiling | 4 | -9.38 |" in text and "**worse**" in text
+    assert "l1 (best baseline)" in text  # best mean of the baselines present
+    assert "| 70.00" not in text and "| 0.6" not in text  # means and percentages are formatted
+    assert "| 70.0 | 60.0 |" in text  # params and MACs removed, side by side
+    assert "Primary cell" not in text  # only the gating grid's cells at 0.7 and 0.9
+    recs = _synthetic()
+    for r in recs:
+        r["grid"] = "gating"
+    text = "\n".join(tables.render_file("synthetic", recs))
+    assert "Primary cell: half-width of default vs best baseline 1.30 points over 4 seeds, above 0.5" in text
+    assert "--ratios 0.7 --seeds 4 5 6 7 8 9`" in text
+
+
+def test_paired_tables_refuse_mixed_commits_and_checkpoints():
+    tables = _load("_paired_tables")
+    recs = copy.deepcopy(_synthetic())
+    l1_2 = next(r for r in recs if r.get("arm") == "l1" and r["seed"] == 2)
+    default_2 = next(r for r in recs if r.get("arm") == "default" and r["seed"] == 2)
+    with pytest.raises(tables.PairingError, match="refusing to pair default with l1 at seed 2: different commits"):
+        tables.pair([default_2], [dict(l1_2, commit="deadbee")])
+    # a row of another commit is rendered in its own block, never paired with this commit's rows
+    l1_2["commit"] = "deadbee"
+    text = "\n".join(tables.render_file("synthetic", recs))
+    assert "Commit `deadbee`" in text and "| default | best baseline (l1) | 3 |" in text
+    l1_2["commit"] = "c0ffee1"
+    l1_2["checkpoint"] = "ck-other"
+    with pytest.raises(tables.PairingError, match="different checkpoints"):
+        tables.render_file("synthetic", recs)

@@ -8,7 +8,8 @@ batches. torch-pruning 1.6 never scores BatchNorm there (its BN branch tests the
 GroupNorm pruning function), so the BN terms ``|gamma * dL/dgamma| + |beta * dL/dbeta|``
 are added here.
 ``slim``: network slimming (Liu et al., ICCV 2017): an L1 penalty on BatchNorm
-scales during warm-up, then rank by ``|gamma|`` (``tp.importance.BNScaleImportance``).
+scales during warm-up (a ``sparsity_epochs`` phase from a trained model), then
+rank by ``|gamma|`` (``tp.importance.BNScaleImportance``).
 ``random``: uniformly random scores (a sanity floor).
 
 All four are ranked globally by :mod:`attnprune.core.budget` (mean-normalised per group);
@@ -27,6 +28,7 @@ from .._batch import call_model
 from .._modes import eval_mode
 from ..core.groups import NORM_TYPES
 from .base import Phase, PruningMethod, TrainConfig, register_method
+from .options import option
 
 __all__ = ["BaselineConfig", "TaylorConfig", "SlimConfig", "L1Method", "TaylorMethod", "SlimMethod", "RandomMethod"]
 
@@ -58,11 +60,18 @@ class TaylorConfig(BaselineConfig):
 
 @dataclass(frozen=True)
 class SlimConfig(BaselineConfig):
-    """Attributes:
-    sparsity: Weight of the L1 penalty on BatchNorm scales during warm-up.
+    """Options of network slimming.
+
+    Attributes:
+        sparsity: Weight of the L1 penalty on BatchNorm scales during warm-up (and
+            during the sparsity phase of a trained model).
+        sparsity_epochs: With ``trained=True`` (no warm-up), epochs of a sparsity
+            phase training the CNN with the penalty before ranking (0: rank the
+            trained model's ``|gamma|`` as it is).
     """
 
     sparsity: float = 1e-4
+    sparsity_epochs: int = option(1, low=0)
 
     def __post_init__(self):
         super().__post_init__()
@@ -133,7 +142,12 @@ class TaylorMethod(_TPImportanceMethod):
 
 @register_method("slim")
 class SlimMethod(_TPImportanceMethod):
-    """Network slimming (Liu et al. 2017): L1 on BN scales in warm-up, rank by |gamma|."""
+    """Network slimming (Liu et al. 2017): L1 on BN scales in warm-up, rank by |gamma|.
+
+    From a trained model (``trained=True``, no warm-up) the penalty runs in a
+    ``"sparsity"`` phase of ``sparsity_epochs`` epochs, so the ranking is still the
+    slimmed one rather than the plain ``|gamma|`` of the trained model.
+    """
 
     config_class = SlimConfig
 
@@ -143,8 +157,15 @@ class SlimMethod(_TPImportanceMethod):
             if s.role == "out" and isinstance(s.module, NORM_TYPES) and s.module.affine
         ))
 
+    def phases(self, trained: bool = False) -> list[Phase]:
+        """The warm-up (penalised) from scratch; a sparsity phase of ``sparsity_epochs`` when trained."""
+        if trained:
+            epochs = self.config.sparsity_epochs
+            return [self.cnn_phase("sparsity", epochs)] if epochs > 0 else []
+        return super().phases(trained)
+
     def regularizer(self, phase: Phase):
-        if phase.name != "warmup" or not self.bns or self.config.sparsity == 0:
+        if phase.name not in ("warmup", "sparsity") or not self.bns or self.config.sparsity == 0:
             return None
         return self.config.sparsity * sum(bn.weight.abs().sum() for bn in self.bns)
 
