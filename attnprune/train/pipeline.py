@@ -277,7 +277,7 @@ def prune(
     checks.check_feeds(work, example_inputs, explicit, first_x, first_y, loss_fn, device)
     inst = instrument(work, example_inputs, ignored_layers=ignored_layers)
     algo: PruningMethod = method_cls(config)
-    structured = getattr(method_cls, "structured", True)
+    structured = method_cls.structured
     try:
         if structured:
             checks.check_reachable(inst, budget)
@@ -468,21 +468,22 @@ class _Run:
         return pruned, selection, method_report
 
     def remove(self):
-        """Select (rank 0 decides), detach the method, remove the closed channels."""
+        """Select (rank 0 decides), commit and detach the method, remove the closed channels."""
         inst, algo = self.inst, self.algo
+        selection = algo.select()
         if self.structured:
-            selection = algo.select()
             if self.distributed:
                 selection = dist_util.broadcast_object(selection)
             inst.set_masks(selection.masks)
             inst.mode = "binary"
-            method_report = dist_util.broadcast_object(algo.report()) if self.distributed else algo.report()
-            algo.detach()
+        method_report = algo.report()
+        if self.structured and self.distributed:
+            method_report = dist_util.broadcast_object(method_report)
+        algo.commit(selection)
+        algo.detach()
+        if self.structured:
             pruned = inst.finalize(verify=True)
-        else:  # unstructured (aswl): zeros written into the dense weights, no channel removed
-            selection = algo.finalize_unstructured()
-            method_report = algo.report()
-            algo.detach()
+        else:  # unstructured (aswl): commit wrote zeros into the dense weights, no channel removed
             inst.remove()
             pruned = self.work
         return pruned, selection, method_report
