@@ -97,6 +97,7 @@ def main(argv=None) -> None:
             print(f"phase {phase.name}: {step} steps, last loss {float(loss.detach()):.3f}")
         selection = method.select()
         inst.set_masks(selection.masks)
+        method.commit(selection)  # success only: learned state into the weights (e.g. aswl-structured)
         method.detach()
         pruned = inst.finalize()  # checks gated == pruned on the example input
     except BaseException:

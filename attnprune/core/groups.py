@@ -1,9 +1,13 @@
 """Coupled channel groups, discovered with torch-pruning's dependency graph.
 
-This is the only core module that talks to torch-pruning's graph: discovery
-(:func:`discover_groups`), the torch-pruning group of a :class:`ChannelGroup`
-(:func:`pruning_group`), physical removal (:func:`remove_channels`) and the
-one structural question a method asks (:func:`sole_norm_after`). It turns each
+This is the only module that reads or changes torch-pruning's dependency graph
+during pruning: discovery (:func:`discover_groups`), the torch-pruning group of a
+:class:`ChannelGroup` (:func:`pruning_group`), physical removal
+(:func:`remove_channels`) and the one structural question a method asks
+(:func:`sole_norm_after`). Elsewhere, :mod:`attnprune.methods.baselines` and
+:mod:`attnprune.methods.importance` use torch-pruning's *importance* API on the
+groups this module hands out, and :mod:`attnprune.deploy.serialize` replays a
+saved pruning history on a fresh graph to rebuild a model. It turns each
 torch-pruning ``Group`` into a :class:`ChannelGroup`: the channels that must be
 removed together, the modules they touch (with each module's own indices mapped
 to the group's *root index space*), and the places where a gate must sit so that
