@@ -183,10 +183,10 @@ def test_unreachable_ratio_fails_before_training():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(ste="sign"), "ste must be one of"),
-    (dict(threshold_mode="auto"), "threshold_mode must be one of"),
-    (dict(t0=1.5), "t0 must be in"),
-    (dict(pull=-1), "pull must be"),
+    (dict(ste="sign"), "'ste' of ABPConfig must be one of"),
+    (dict(threshold_mode="auto"), "'threshold_mode' of ABPConfig must be one of"),
+    (dict(t0=1.5), r"'t0' of ABPConfig must be a number > 0 and < 1"),
+    (dict(pull=-1), "'pull' of ABPConfig must be"),
     (dict(nonsense=1), "valid options"),
 ])
 def test_bad_options(bad, match):

@@ -11,7 +11,8 @@ from torch.nn.utils import parametrize
 import attnprune
 import attnprune.methods.aswl  # noqa: F401  (registration, before methods/__init__ imports it)
 from attnprune.core.instrument import outputs_close
-from attnprune.methods.aswl import ASWLMethod, ASWLStructuredMethod, layer_ratios
+from attnprune.methods.aswl import ASWLMethod, layer_ratios
+from attnprune.methods.aswl_structured import ASWLStructuredMethod
 from attnprune.methods.base import Budget, Context
 from attnprune.models import resnet20
 from attnprune.train.runner import Runner
@@ -90,8 +91,13 @@ def test_unstructured_plain_model_equals_masked_attended_model():
     model.eval()
     with torch.no_grad():
         reference = model(x)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     sel = algo.select()
     assert abs(sel.ratio - 0.6) <= 0.01
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "select() changes no weight"
+    algo.commit(sel)
+    zeros, total = _zeros(model)
+    assert (sel.ratio, sel.params) == (zeros / total, total - zeros)  # select() predicted what commit() wrote
     with torch.no_grad():
         out = model(x)
     ok, err = outputs_close(reference, out, 1e-5)
@@ -164,7 +170,10 @@ def test_structured_gates_scores_fold_and_gated_equals_pruned():
         analog = model(x)
     inst.set_masks(sel.masks)
     inst.mode = "binary"
-    algo.detach()  # folds a_g into the gate points' weights
+    algo.commit(sel)  # folds a_g into the gate points' weights
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    algo.detach()  # removes what the method added, changes no weight
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
     with torch.no_grad():
         gated = model(x)
     ok, err = outputs_close(analog, gated, 1e-5)
@@ -177,6 +186,27 @@ def test_structured_gates_scores_fold_and_gated_equals_pruned():
     assert count_hooks(pruned) == 0
 
 
+@pytest.mark.parametrize("cls", [ASWLMethod, ASWLStructuredMethod])
+def test_detach_alone_changes_no_weight(cls):
+    """The error path only detaches: nothing is folded or zeroed, the dense weights stay."""
+    torch.manual_seed(0)
+    model = ResidualNet()
+    inst = attnprune.instrument(model, torch.randn(4, 3, 16, 16))
+    algo = cls(joint_epochs=1, ramp_epochs=1)
+    runner = Runner(loader=synthetic_loader((3, 16, 16)), loss_fn=nn.functional.cross_entropy, progress=False)
+    algo.attach(inst, Budget(0.5), Context(steps_per_epoch=runner.steps_in_epoch()))
+    for phase in algo.phases():
+        runner.run(model, phase, algo)
+    assert not torch.allclose(algo.attention(), torch.full_like(algo.attention(), 0.5))
+    algo.select()
+    dense = {n: (m.parametrizations.weight.original if parametrize.is_parametrized(m, "weight") else m.weight).clone()
+             for n, m in model.named_modules() if isinstance(getattr(m, "weight", None), torch.Tensor)}
+    algo.detach()
+    inst.remove()
+    assert all(torch.equal(w, dict(model.named_modules())[n].weight) for n, w in dense.items())
+    assert count_hooks(model) == 0 and not any(parametrize.is_parametrized(m) for m in model.modules())
+
+
 def test_structured_mask_training_and_macs_target():
     torch.manual_seed(0)
     r = attnprune.prune(ResidualNet(), synthetic_loader((3, 16, 16)), 0.4, method="aswl-structured", target="macs",
@@ -186,9 +216,9 @@ def test_structured_mask_training_and_macs_target():
 
 
 @pytest.mark.parametrize("cls, bad, match", [
-    (ASWLMethod, dict(lam=-1), "lam must be"),
-    (ASWLMethod, dict(beta=0), "beta must be"),
-    (ASWLMethod, dict(a_min=0.7), "a_min must be"),
+    (ASWLMethod, dict(lam=-1), "'lam' of ASWLConfig must be"),
+    (ASWLMethod, dict(beta=0), "'beta' of ASWLConfig must be"),
+    (ASWLMethod, dict(a_min=0.7), "'a_min' of ASWLConfig must be"),
     (ASWLStructuredMethod, dict(fixed_epochs=1), "fixed_epochs is for"),
     (ASWLStructuredMethod, dict(mask_training=1), "mask_training.* must be True or False"),
 ])

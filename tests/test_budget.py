@@ -7,7 +7,15 @@ import torch
 import torchvision
 
 import attnprune
-from attnprune.core.budget import select_channels
+from attnprune.core.budget import (
+    check_reachable,
+    ramp,
+    reachable_ratio,
+    round_kept,
+    round_step,
+    select_channels,
+    tolerance,
+)
 from attnprune.errors import BudgetError
 from attnprune.models import resnet20
 
@@ -74,13 +82,19 @@ def test_higher_scores_are_kept():
     inst = attnprune.instrument(model, x)
     scores = _scores(inst)
     res = select_channels(inst.cost, scores, 0.5, "params", normalize=None)
-    kept = torch.cat([s[m] for s, m in zip(scores, res.masks)])
     closed = torch.cat([s[~m] for s, m in zip(scores, res.masks)])
-    # one global threshold: every closed channel scores at most every kept one,
-    # except each group's best channel, which always stays
-    best = torch.stack([s.max() for s in scores])
+    # one global threshold: every closed channel scores at most the threshold ...
     assert closed.max() <= res.threshold + 1e-6
-    assert (kept >= res.threshold - 1e-6).sum() + (kept.unsqueeze(1) == best).any(1).sum() >= len(kept)
+    for s, m in zip(scores, res.masks):
+        kept_g, closed_g = s[m], s[~m]
+        # ... within a group a lower score is never kept over a higher one ...
+        if closed_g.numel():
+            assert kept_g.min() > closed_g.max()
+        # ... and a kept channel under the threshold is only ever a group's best channel, kept
+        # alone because a group is never emptied
+        below = kept_g[kept_g < res.threshold - 1e-6]
+        if below.numel():
+            assert int(m.sum()) == 1 and float(below[0]) == float(s.max())
     inst.remove()
 
 
@@ -104,4 +118,44 @@ def test_bad_ratio(bad, error):
         select_channels(inst.cost, _scores(inst), bad)
     with pytest.raises(ValueError, match="target must be one of"):
         select_channels(inst.cost, _scores(inst), 0.5, "flops")
+    inst.remove()
+
+
+def test_shared_steps_tolerance_rounding_ramp():
+    assert (tolerance(None), tolerance(8)) == (0.01, 0.02)
+    assert (round_step(None, 4), round_step(8, 1), round_step(8, 4), round_step(6, 4)) == (1, 8, 2, 3)
+    assert [round_kept(k, 64, 8) for k in (1, 4, 11, 13, 60, 63, 64)] == [8, 8, 8, 16, 64, 64, 64]
+    assert round_kept(5, 10, 1) == 5
+    assert [ramp(0.6, s, 4) for s in (0, 2, 4, 9)] == [0.0, 0.3, 0.6, 0.6]
+    assert ramp(0.6, 0, 0) == 0.6
+
+
+def test_reachable_ratio_is_what_the_search_refuses_beyond():
+    model, x = ARCHS["cifar_resnet20"]()
+    inst = attnprune.instrument(model, x)
+    top = reachable_ratio(inst.cost, "params", round_to=16)
+    with pytest.raises(BudgetError, match=f"largest reachable ratio is {top:.3f}"):
+        select_channels(inst.cost, _scores(inst), 0.9, "params", round_to=16)
+    with pytest.raises(BudgetError, match=f"largest reachable ratio is {top:.3f}"):
+        check_reachable(inst.cost, 0.9, "params", round_to=16)
+    check_reachable(inst.cost, top + 0.015, "params", round_to=16)  # within tolerance(16)
+    assert reachable_ratio(inst.cost, "macs") > top  # one channel per group, not 16
+    inst.remove()
+
+
+def test_one_cost_interface_per_target():
+    model, x = ARCHS["cifar_resnet20"]()
+    inst = attnprune.instrument(model, x)
+    cost = inst.cost
+    assert (cost.dense("params"), cost.dense("macs")) == (cost.dense_params, cost.dense_macs)
+    masks = [torch.arange(g.n_channels) % 2 == 0 for g in inst.groups]
+    params, macs = cost.count(masks)
+    assert cost.removed(masks, "params") == 1 - params / cost.dense_params
+    assert cost.removed(masks, "macs") == 1 - macs / cost.dense_macs
+    assert cost.of((params, macs), "macs") == macs
+    for call in (lambda: cost.dense("latency"), lambda: cost.removed(masks, "latency"),
+                 lambda: cost.of((params, macs), "latency"), lambda: cost.channel_costs("latency"),
+                 lambda: reachable_ratio(cost, "latency")):
+        with pytest.raises(ValueError, match=r"target must be one of \('params', 'macs'\), got 'latency'"):
+            call()
     inst.remove()

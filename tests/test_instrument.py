@@ -257,3 +257,42 @@ def test_model_without_prunable_groups():
     with pytest.raises(attnprune.UnsupportedModelError, match="no prunable channel group"):
         attnprune.instrument(model, torch.randn(2, 3, 2, 2))
     assert count_hooks(model) == 0
+
+
+def test_analog_scores_give_back_what_was_set():
+    model = resnet20(in_channels=1)
+    inst = attnprune.instrument(model, torch.randn(1, 1, 28, 28))
+    assert inst.analog_scores is None
+    values = [torch.full((g.n_channels,), 0.5) for g in inst.groups]
+    inst.set_scores(values)
+    assert all(torch.equal(a, b) for a, b in zip(inst.analog_scores, values))
+    fn = lambda: values  # noqa: E731
+    inst.set_scores(fn)
+    assert inst.analog_scores is fn
+    inst.remove()
+
+
+def test_filter_helpers_read_the_producers_in_root_order():
+    from attnprune.core.filters import filter_l1, filter_rows
+
+    model = resnet20(in_channels=1)
+    inst = attnprune.instrument(model, torch.randn(1, 1, 28, 28))
+    for g in inst.groups:
+        rows = filter_rows(g)
+        assert rows.shape == (g.n_channels, sum(s.module.weight[0].numel() for s in g.producers))
+        assert torch.allclose(filter_l1(g), rows.detach().abs().sum(1), rtol=1e-5)
+        span = g.producers[0]
+        channel = int(span.root[0])
+        w = span.module.weight[int(span.local[0])].flatten()
+        assert torch.equal(rows[channel, : w.numel()], w)  # the first producer's filter, first in the row
+    inst.remove()
+
+
+def test_sole_norm_after_finds_the_norm_a_conv_feeds_alone():
+    from attnprune.core.groups import sole_norm_after
+
+    model = resnet20(in_channels=1)
+    inst = attnprune.instrument(model, torch.randn(1, 1, 28, 28))
+    assert sole_norm_after(inst.graph, model.layer1[0].conv1) is model.layer1[0].bn1
+    assert sole_norm_after(inst.graph, model.fc) is None
+    inst.remove()

@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
 from attnprune.methods import Budget, Context, get_method
-from attnprune.methods.paam import AttentionNet, filter_rows, leaky_exp
+from attnprune.core.filters import filter_rows
+from attnprune.methods.paam import AttentionNet, leaky_exp
 from attnprune.models import resnet20
 from attnprune.train.runner import Runner
 
@@ -138,7 +139,31 @@ def test_explicit_lam_is_honoured():
 def test_mask_update_per_step_changes_masks_during_the_cnn_phase():
     torch.manual_seed(0)
     model = resnet20(in_channels=1)
-    res = attnprune.prune(model, _data(), 0.5, method="paam", mask_update="step", progress=False, seed=0)
+    loader = _data()
+    inst = attnprune.instrument(model, next(iter(loader))[0][:1])
+    method = get_method("paam")(warmup_epochs=0, cnn_epochs=2, lr=0.5, mask_update="step")  # lr: filters move
+    runner = Runner(loader=loader, loss_fn=nn.functional.cross_entropy, progress=False)
+    method.attach(inst, Budget(0.5), Context(steps_per_epoch=runner.steps_in_epoch()))
+    an, cnn = method.phases()
+    runner.run(model, an, method)
+    seen = []  # per CNN step: (masks in force, the budget selection recomputed from the current weights)
+    update = method.before_step
+
+    def spy(phase, step):
+        update(phase, step)
+        seen.append((inst.masks(), method.select().masks))
+
+    method.before_step = spy
+    runner.run(model, cnn, method)
+    assert len(seen) == 2 * runner.steps_in_epoch()
+    for in_force, fresh in seen:  # every step trains with the selection of the current filters ...
+        assert all(torch.equal(a, b) for a, b in zip(in_force, fresh))
+    first = seen[0][0]  # ... which moves as the CNN trains (a no-op update would keep the first masks)
+    assert any(not all(torch.equal(a, b) for a, b in zip(first, m)) for m, _ in seen[1:])
+    inst.remove()
+    torch.manual_seed(0)
+    res = attnprune.prune(resnet20(in_channels=1), _data(), 0.5, method="paam", mask_update="step", progress=False,
+                          seed=0)
     assert abs(res.report.ratio_achieved - 0.5) <= 0.01
 
 
@@ -215,5 +240,5 @@ def test_cost_weighting_of_the_l1_term(weighting):
         expected = costs if weighting == "target" else costs.sqrt()
         assert torch.allclose(w, expected / expected.mean())
     inst.remove()
-    with pytest.raises(ValueError, match="cost_weight must be one of"):
+    with pytest.raises(ValueError, match="'cost_weight' of PAAMConfig must be one of"):
         get_method("paam")(cost_weight="flops")

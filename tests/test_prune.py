@@ -73,7 +73,7 @@ def test_default_method_is_paam():
         (dict(ratio=1.5), ValueError, "ratio"),
         (dict(target="flops"), ValueError, "target must be one of"),
         (dict(round_to=0), ValueError, "round_to"),
-        (dict(method="paam", variant="big"), ValueError, "variant must be one of"),
+        (dict(method="paam", variant="big"), ValueError, "'variant' of PAAMConfig must be one of"),
     ],
 )
 def test_bad_arguments_leave_the_model_alone(model, kwargs, error, match):

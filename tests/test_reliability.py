@@ -96,7 +96,7 @@ BAD_INPUT = {
     "unknown_target": (dict(target="flops"), ValueError, r"target must be one of \('params', 'macs'\)"),
     "unknown_option": (dict(warmup_epoch=1), ValueError, r"unknown option\(s\) \['warmup_epoch'\].*valid options"),
     "bad_option_value": (dict(lr=-1.0), ValueError, r"option 'lr' of \w+ must be a number > 0"),
-    "bad_option_choice": (dict(variant="big"), ValueError, r"variant must be one of"),
+    "bad_option_choice": (dict(variant="big"), ValueError, r"'variant' of PAAMConfig must be one of"),
     "round_to_zero": (dict(round_to=0), ValueError, r"round_to must be None or a positive int"),
     "seed_negative": (dict(seed=-1), ValueError, r"seed must be None or an int >= 0"),
     "seed_float": (dict(seed=1.5), ValueError, r"seed must be None or an int >= 0"),

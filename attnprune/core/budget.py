@@ -20,6 +20,13 @@ Normalisation: scores of different groups are made comparable by dividing each
 group's scores by their mean (``normalize="mean"``), the scheme torch-pruning
 uses for its global ranking; learned methods whose scores are trained on one
 scale pass ``normalize=None``.
+
+Shared steps that methods use instead of re-implementing them:
+:func:`tolerance` (how close a ratio must come), :func:`round_step` and
+:func:`round_kept` (the ``round_to`` rounding of one group's kept count),
+:func:`ramp` (a budget growing linearly from 0), :func:`reachable_ratio` and
+:func:`check_reachable` (the largest ratio a model allows, checked before
+training).
 """
 
 from __future__ import annotations
@@ -29,12 +36,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .cost import CostModel
+from .cost import TARGETS, CostModel, check_target
 from ..errors import BudgetError
 
-__all__ = ["BudgetResult", "select_channels", "normalize_scores", "TARGETS", "check_ratio", "check_target"]
+__all__ = ["BudgetResult", "select_channels", "normalize_scores", "TARGETS", "check_ratio", "check_target",
+           "check_round_to", "tolerance", "round_step", "round_kept", "ramp", "reachable_ratio",
+           "check_reachable"]
 
-TARGETS = ("params", "macs")
 NORMALIZERS = (None, "mean", "max")
 
 
@@ -48,18 +56,46 @@ def check_ratio(ratio) -> float:
     return ratio
 
 
-def check_target(target) -> str:
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-    return target
-
-
 def check_round_to(round_to) -> int | None:
+    """Validate ``round_to``: None or a positive int (1 means None: no rounding)."""
     if round_to is None:
         return None
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to must be None or a positive int, got {round_to!r}")
     return None if round_to == 1 else round_to
+
+
+def tolerance(round_to: int | None) -> float:
+    """How far an achieved ratio may lie from the requested one: 0.02 with ``round_to``, else 0.01."""
+    return 0.02 if round_to else 0.01
+
+
+def round_step(round_to: int | None, ch_groups: int = 1) -> int:
+    """Granularity, in pattern units, of a group's kept count under ``round_to``.
+
+    A group of ``ch_groups`` conv groups keeps a multiple of ``round_to`` channels
+    when it keeps a multiple of ``lcm(round_to, ch_groups) / ch_groups`` units.
+    """
+    if not round_to:
+        return 1
+    return math.lcm(round_to, ch_groups) // ch_groups
+
+
+def round_kept(kept: int, total: int, step: int) -> int:
+    """``kept`` rounded to the nearest multiple of ``step`` (at least ``step``, at most ``total``).
+
+    All ``total`` units kept is always valid and stays as is.
+    """
+    if step > 1 and kept < total:
+        kept = min(max(step, int(round(kept / step)) * step), total)
+    return kept
+
+
+def ramp(ratio: float, step: int, ramp_steps: int) -> float:
+    """The budget in force at ``step`` of a linear ramp from 0 to ``ratio`` over ``ramp_steps``."""
+    if ramp_steps <= 0:
+        return ratio
+    return ratio * min(1.0, step / ramp_steps)
 
 
 def normalize_scores(scores: list[torch.Tensor], how: str | None = "mean") -> list[torch.Tensor]:
@@ -99,8 +135,8 @@ class BudgetResult:
 class _Search:
     def __init__(self, cost: CostModel, scores, target, round_to, min_keep):
         self.cost = cost
-        self.which = TARGETS.index(target)
-        self.dense = (cost.dense_params, cost.dense_macs)[self.which]
+        self.target = target
+        self.dense = cost.dense(target)
         self.round_to = round_to
         self.units = []  # per group: pattern scores
         self.step = []  # per group: kept-units granularity
@@ -110,10 +146,7 @@ class _Search:
             if not bool(torch.isfinite(s).all()):
                 raise ValueError(f"scores of group {g.index} ({g.name}) contain NaN or inf")
             self.units.append(s.view(g.ch_groups, -1).mean(0))
-            step = 1
-            if round_to:
-                step = math.lcm(round_to, g.ch_groups) // g.ch_groups
-            self.step.append(step)
+            self.step.append(round_step(round_to, g.ch_groups))
         # per group: unit indices, best first
         self.order = [torch.argsort(u, descending=True, stable=True) for u in self.units]
         self.min_units = [min(max(min_keep, st), len(u)) for u, st in zip(self.units, self.step)]
@@ -132,11 +165,7 @@ class _Search:
         masks = []
         for gi, (g, u) in enumerate(zip(self.cost.groups, self.units)):
             n_units = len(u)
-            kept = n_units - closed_units[gi]
-            st = self.step[gi]
-            if st > 1 and kept < n_units:
-                kept = max(st, int(round(kept / st)) * st)
-                kept = min(kept, n_units)
+            kept = round_kept(n_units - closed_units[gi], n_units, self.step[gi])
             keep_units = torch.zeros(n_units, dtype=torch.bool)
             keep_units[self.order[gi][:kept]] = True
             masks.append(keep_units.repeat(g.ch_groups))
@@ -145,7 +174,45 @@ class _Search:
     def ratio_for(self, k: int) -> tuple[float, list[torch.Tensor], tuple[int, int]]:
         masks = self.masks_for(k)
         counts = self.cost.count(masks)
-        return 1.0 - counts[self.which] / self.dense, masks, counts
+        return 1.0 - self.cost.of(counts, self.target) / self.dense, masks, counts
+
+    def top_ratio(self) -> float:
+        """The ratio with every closable unit closed."""
+        return self.ratio_for(len(self.cand))[0]
+
+
+def _unreachable(ratio: float, target: str, round_to, min_keep: int, top_ratio: float) -> BudgetError:
+    return BudgetError(
+        f"ratio {ratio:.3f} of {target} cannot be reached: keeping at least "
+        f"{min_keep} channel(s){f' (multiples of {round_to})' if round_to else ''} per group, "
+        f"the largest reachable ratio is {top_ratio:.3f}"
+    )
+
+
+def reachable_ratio(cost: CostModel, target: str = "params", *, round_to: int | None = None,
+                    min_keep: int = 1) -> float:
+    """The largest fraction of ``target`` the budget search can remove.
+
+    Every group keeps ``min_keep`` channels (its first ones; multiples of
+    ``round_to``). Computed analytically, without any scores of a method.
+    """
+    target = check_target(target)
+    ones = [torch.ones(g.n_channels) for g in cost.groups]
+    return _Search(cost, ones, target, check_round_to(round_to), min_keep).top_ratio()
+
+
+def check_reachable(cost: CostModel, ratio: float, target: str = "params", *, round_to: int | None = None,
+                    min_keep: int = 1) -> None:
+    """Fail before training when ``ratio`` exceeds :func:`reachable_ratio` (beyond :func:`tolerance`).
+
+    Raises:
+        BudgetError: naming the largest reachable ratio.
+    """
+    ratio = check_ratio(ratio)
+    round_to = check_round_to(round_to)
+    top = reachable_ratio(cost, target, round_to=round_to, min_keep=min_keep)
+    if top < ratio - tolerance(round_to):
+        raise _unreachable(ratio, target, round_to, min_keep, top)
 
 
 def select_channels(
@@ -164,7 +231,7 @@ def select_channels(
         cost: The model's cost model (``Instrumented.cost``).
         scores: One score vector per group; higher means more important.
         ratio: Fraction of ``target`` to remove, in (0, 1).
-        target: ``"params"`` or ``"macs"``.
+        target: One of :data:`TARGETS` (``"params"`` or ``"macs"``).
         round_to: Keep a multiple of this many channels per group.
         normalize: How scores are made comparable across groups.
         min_keep: Channels (pattern units) every group keeps at least.
@@ -182,15 +249,10 @@ def select_channels(
     if len(scores) != len(cost.groups):
         raise ValueError(f"expected {len(cost.groups)} score vectors (one per group), got {len(scores)}")
     search = _Search(cost, normalize_scores(scores, normalize), target, round_to, min_keep)
-    tol = 0.02 if round_to else 0.01
     n = len(search.cand)
-    top_ratio, masks, counts = search.ratio_for(n)
-    if top_ratio < ratio - tol:
-        raise BudgetError(
-            f"ratio {ratio:.3f} of {target} cannot be reached: keeping at least "
-            f"{min_keep} channel(s){f' (multiples of {round_to})' if round_to else ''} per group, "
-            f"the largest reachable ratio is {top_ratio:.3f}"
-        )
+    top_ratio = search.top_ratio()
+    if top_ratio < ratio - tolerance(round_to):
+        raise _unreachable(ratio, target, round_to, min_keep, top_ratio)
     lo, hi = 0, n  # smallest k with ratio(k) >= target
     while lo < hi:
         mid = (lo + hi) // 2

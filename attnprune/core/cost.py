@@ -9,6 +9,11 @@ multiply-accumulates, a linear ``in * out`` per token, an eval-mode BatchNorm tw
 per element, an instance/group norm five per element; bias additions, activations
 and pooling are not counted by layer formulas. Parameters are counted exactly
 (all of them, head and norms included).
+
+Targets: every count for a budget target goes through :meth:`CostModel.dense`,
+:meth:`CostModel.of` and :meth:`CostModel.removed`, which raise for a target not
+in :data:`TARGETS` (so a new target is added here once, and never silently
+counted as another).
 """
 
 from __future__ import annotations
@@ -21,7 +26,17 @@ import torch.nn as nn
 from .._modes import eval_mode
 from .groups import NORM_TYPES, POOL_TYPES, ChannelGroup
 
-__all__ = ["CostModel", "LayerCost"]
+__all__ = ["CostModel", "LayerCost", "TARGETS", "check_target"]
+
+#: Budget targets, in the order of the ``(params, macs)`` tuples the counts return.
+TARGETS = ("params", "macs")
+
+
+def check_target(target) -> str:
+    """``target`` if it is one of :data:`TARGETS`; else ``ValueError`` naming the choices."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    return target
 
 _CONV = nn.modules.conv._ConvNd
 _COUNTED = (_CONV, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm, nn.PReLU)
@@ -171,13 +186,31 @@ class CostModel:
         """(params, MACs per sample) given one bool keep-mask per group."""
         return self.count_closed([~m.to("cpu", torch.bool) for m in masks])
 
+    # -- one interface per target -------------------------------------------------
+    @staticmethod
+    def of(counts: tuple[int, int], target: str) -> int:
+        """The entry of a ``(params, macs)`` pair that ``target`` counts.
+
+        Raises:
+            ValueError: ``target`` is not one of :data:`TARGETS`.
+        """
+        return counts[TARGETS.index(check_target(target))]
+
+    def dense(self, target: str) -> int:
+        """``target``'s count of the unpruned model (e.g. ``dense("params")``)."""
+        return self.of((self.dense_params, self.dense_macs), target)
+
+    def removed(self, masks: list[torch.Tensor], target: str) -> float:
+        """Fraction of ``target`` that the keep-``masks`` (one per group) remove."""
+        return 1.0 - self.of(self.count(masks), target) / self.dense(target)
+
     def channel_costs(self, target: str = "params") -> list[torch.Tensor]:
         """Cost of each group's channels: what closing one channel saves at the dense model.
 
         Used to weight regularisers and to make scores of different groups comparable.
         """
-        which = 0 if target == "params" else 1
-        dense = self.dense_params if which == 0 else self.dense_macs
+        which = TARGETS.index(check_target(target))
+        dense = self.dense(target)
         costs = []
         for g in self.groups:
             closed = [torch.zeros(h.n_channels, dtype=torch.bool) for h in self.groups]

@@ -1,6 +1,13 @@
 """Coupled channel groups, discovered with torch-pruning's dependency graph.
 
-This is the only module that talks to torch-pruning's graph. It turns each
+This is the only module that reads or changes torch-pruning's dependency graph
+during pruning: discovery (:func:`discover_groups`), the torch-pruning group of a
+:class:`ChannelGroup` (:func:`pruning_group`), physical removal
+(:func:`remove_channels`) and the one structural question a method asks
+(:func:`sole_norm_after`). Elsewhere, :mod:`attnprune.methods.baselines` and
+:mod:`attnprune.methods.importance` use torch-pruning's *importance* API on the
+groups this module hands out, and :mod:`attnprune.deploy.serialize` replays a
+saved pruning history on a fresh graph to rebuild a model. It turns each
 torch-pruning ``Group`` into a :class:`ChannelGroup`: the channels that must be
 removed together, the modules they touch (with each module's own indices mapped
 to the group's *root index space*), and the places where a gate must sit so that
@@ -25,6 +32,7 @@ import torch_pruning as tp
 
 from .._modes import eval_mode
 from ..errors import UnsupportedModelError
+from .ignored import resolve_ignored
 
 __all__ = [
     "Span",
@@ -32,6 +40,9 @@ __all__ = [
     "GatePoint",
     "GraphInfo",
     "discover_groups",
+    "pruning_group",
+    "remove_channels",
+    "sole_norm_after",
     "as_args",
     "NORM_TYPES",
     "POOL_TYPES",
@@ -194,41 +205,6 @@ def _lcm_groups(spans: Iterable[Span]) -> int:
     return ch
 
 
-def _resolve_ignored(model: nn.Module, ignored_layers) -> list[nn.Module]:
-    if ignored_layers is None:
-        return []
-    if isinstance(ignored_layers, (nn.Module, str)):
-        ignored_layers = [ignored_layers]
-    named = dict(model.named_modules())
-    ids = {id(m) for m in named.values()}
-    out = []
-    for item in ignored_layers:
-        if isinstance(item, str):
-            if item not in named:
-                close = [n for n in named if n and item.split(".")[-1] in n][:5]
-                raise ValueError(
-                    f"ignored_layers: the model has no module named {item!r}"
-                    + (f"; similar names: {close}" if close else "")
-                )
-            out.append(named[item])
-        elif isinstance(item, nn.Module):
-            if id(item) not in ids:
-                raise ValueError(
-                    f"ignored_layers: {type(item).__name__} module is not part of the model"
-                )
-            out.append(item)
-        else:
-            raise TypeError(
-                "ignored_layers must hold nn.Module objects or qualified module names, "
-                f"got {type(item).__name__}"
-            )
-    # ignoring a container ignores everything inside it
-    expanded = []
-    for m in out:
-        expanded.extend(m.modules())
-    return expanded
-
-
 #: Parameter-free modules whose cost fvcore counts; their channels are tracked too.
 POOL_TYPES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 
@@ -290,7 +266,7 @@ def discover_groups(model: nn.Module, example_inputs, ignored_layers=None) -> Gr
             remains.
     """
     args = as_args(example_inputs)
-    ignored = _resolve_ignored(model, ignored_layers)
+    ignored = resolve_ignored(model, ignored_layers)
     graph, pools = build_graph(model, args)
     name_of = {m: n for n, m in model.named_modules()}
     name_to_module = {n: m for m, n in name_of.items()}
@@ -410,3 +386,37 @@ def _place_gates(graph, groups: Sequence[ChannelGroup], name_of) -> list[GatePoi
             names.append(s.name)
         g.gate_names = tuple(dict.fromkeys(names))
     return list(points.values())
+
+
+def pruning_group(graph: tp.DependencyGraph, group: ChannelGroup, idxs=None):
+    """torch-pruning's ``Group`` of ``group``'s channels ``idxs`` (default: all), in root index space."""
+    idxs = list(range(group.n_channels)) if idxs is None else list(idxs)
+    return graph.get_pruning_group(group.root_module, group.root_fn, idxs)
+
+
+def remove_channels(graph: tp.DependencyGraph, groups: Sequence[ChannelGroup],
+                    masks: Sequence[torch.Tensor]) -> list:
+    """Remove every channel a keep-mask closes, through torch-pruning, in place.
+
+    Returns:
+        torch-pruning's pruning history (lists), which rebuilds the pruned
+        architecture from the dense one.
+    """
+    for g, m in zip(groups, masks):
+        idxs = sorted(set((~m).nonzero().flatten().tolist()))
+        if idxs:
+            pruning_group(graph, g, idxs).prune()
+    return [list(h) for h in graph.pruning_history()]
+
+
+def sole_norm_after(graph: tp.DependencyGraph, module: nn.Module) -> nn.Module | None:
+    """The affine per-channel norm ``module`` feeds alone, if that is all it feeds; else None."""
+    node = graph.module2node.get(module)
+    if node is None:
+        return None
+    outs = [o.module for o in node.outputs]
+    if len(outs) == 1 and isinstance(outs[0], NORM_TYPES) and outs[0].affine:
+        norm_node = graph.module2node.get(outs[0])
+        if norm_node is not None and [i.module for i in norm_node.inputs] == [module]:
+            return outs[0]
+    return None

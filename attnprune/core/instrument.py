@@ -24,7 +24,7 @@ from .._modes import eval_mode
 from .cost import CostModel
 from ..errors import EquivalenceError
 from .gates import MODES, GateSet
-from .groups import ChannelGroup, as_args, discover_groups
+from .groups import ChannelGroup, as_args, discover_groups, remove_channels
 
 __all__ = ["Instrumented", "instrument", "outputs_close"]
 
@@ -195,6 +195,14 @@ class Instrumented:
         self._gates.scores = scores
         self._gates.invalidate()
 
+    @property
+    def analog_scores(self) -> list[torch.Tensor] | Callable[[], Sequence[torch.Tensor]] | None:
+        """What :meth:`set_scores` last set (vectors or the callable), None before any call.
+
+        Lets a method set gate values for a while and put the previous ones back.
+        """
+        return self._gates.scores
+
     def count(self, masks: Sequence[torch.Tensor] | None = None) -> tuple[int, int]:
         """Params and MACs per sample that the finalized model would have.
 
@@ -235,11 +243,7 @@ class Instrumented:
             reference = self._eval_forward()
             self._gates.mode = old
         self._detach()
-        for g, m in zip(self.groups, masks):
-            idxs = sorted(set((~m).nonzero().flatten().tolist()))
-            if idxs:
-                self.graph.get_pruning_group(g.root_module, g.root_fn, idxs).prune()
-        self.pruning_history = [list(h) for h in self.graph.pruning_history()]
+        self.pruning_history = remove_channels(self.graph, self.groups, masks)
         self._state = "finalized"
         if verify:
             ok, err = outputs_close(reference, self._eval_forward(), rtol)

@@ -16,7 +16,7 @@ from .base import (
     make_config,
     register_method,
 )
-from . import abp, aswl, baselines, iterative, paam, sbf  # noqa: F401  (registration)
+from . import abp, aswl, aswl_structured, baselines, iterative, paam, sbf  # noqa: F401  (registration)
 
 __all__ = [
     "METHODS",

@@ -118,100 +118,19 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
-from ..core.budget import BudgetResult, select_channels
-from ..core.groups import ChannelGroup
+from ..core.budget import BudgetResult, check_reachable, ramp, select_channels
+from ..core.filters import filter_l1
+from .abp_gates import BinaryGate, ReluPassAtZero, binary_gate, relu_pass_hooks
 from .base import Phase, PruningMethod, TrainConfig, register_method
+from .options import option
 
-__all__ = ["ABPConfig", "ABPMethod", "BinaryGate", "ReluPassAtZero", "binary_gate", "filter_l1"]
+__all__ = ["ABPConfig", "ABPMethod", "BinaryGate", "ReluPassAtZero", "binary_gate"]
 
 ESTIMATORS = ("paper", "clipped")
 THRESHOLD_MODES = ("budget", "fixed")
 M_OPTIMIZERS = ("adam", "sgd")
 INITS = (None, "l1", "uniform")
-
-
-class BinaryGate(torch.autograd.Function):
-    """``a = 1[|m| > t]`` forward; ``g_m = g_a * 1[|m| <= bound]`` backward (eq. 4, 5).
-
-    ``t`` and ``bound`` are tensors broadcastable to ``m`` (no gradient). With
-    ``bound = t`` the backward is the paper's estimator (eq. 5); a constant
-    ``bound`` is the clipped straight-through estimator.
-    """
-
-    @staticmethod
-    def forward(ctx, m: torch.Tensor, t: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(m, bound)
-        return (m.abs() > t).to(m.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        m, bound = ctx.saved_tensors
-        return grad * (m.abs() <= bound).to(grad.dtype), None, None
-
-
-def binary_gate(m: torch.Tensor, t, bound=None) -> torch.Tensor:
-    """ABP's binary attention: ``1[|m| > t]`` with gradient ``g_a * 1[|m| <= bound]``.
-
-    Args:
-        m: Auxiliary parameters.
-        t: Threshold (scalar or per-entry tensor).
-        bound: Where the estimator passes the gradient; default ``t`` (eq. 5).
-    """
-    t = torch.as_tensor(t, dtype=m.dtype, device=m.device).detach()
-    bound = t if bound is None else torch.as_tensor(bound, dtype=m.dtype, device=m.device).detach()
-    return BinaryGate.apply(m, t.expand_as(m), bound.expand_as(m))
-
-
-_RELUS = (torch.relu, torch.relu_, F.relu, F.relu6, torch.Tensor.relu, torch.Tensor.relu_)
-
-
-class ReluPassAtZero(TorchFunctionMode):
-    """While active, ReLU (and ReLU6 / hardtanh with ``min_val=0``) passes the
-    gradient at inputs that are exactly 0: ``relu'(0) := 1``. Values are unchanged.
-
-    A closed gate makes its channel exactly 0, and PyTorch's ``relu'(0) = 0``
-    would then stop every gradient before it reaches the gate: eq. (5) would give
-    closed channels ``g_a = 0`` wherever a ReLU follows the gate. In the paper's
-    placement (mask before BatchNorm) a closed channel emits ``BN(0) = beta`` and
-    the gradient flows; here the straight-through convention at exactly 0 (reached
-    in practice only by closed channels) restores it. In-place variants run out of
-    place.
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _RELUS or (func is F.hardtanh and _hardtanh_min(args, kwargs) == 0):
-            x = args[0]
-            if func is F.hardtanh:
-                max_val = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
-                out = F.hardtanh(x, 0.0, max_val)
-            elif func is F.relu6:
-                out = F.relu6(x)
-            else:
-                out = torch.relu(x)
-            if isinstance(x, torch.Tensor) and x.requires_grad:
-                out = out + (x - x.detach()) * (x == 0).to(x.dtype)
-            return out
-        return func(*args, **kwargs)
-
-
-def _hardtanh_min(args, kwargs):
-    return args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
-
-
-@torch.no_grad()
-def filter_l1(group: ChannelGroup) -> torch.Tensor:
-    """L1 norm of each channel's filters, summed over the group's producers (root order)."""
-    out = torch.zeros(group.n_channels)
-    for span in group.producers:
-        w = span.module.weight.detach()
-        if isinstance(span.module, nn.modules.conv._ConvNd) and span.module.transposed:
-            w = w.transpose(0, 1)
-        out.index_add_(0, span.root, w[span.local].flatten(1).abs().sum(1).float().cpu())
-    return out
 
 
 def _thresholds(absm: torch.Tensor, keep: torch.Tensor, t: float) -> tuple[torch.Tensor, int]:
@@ -259,45 +178,19 @@ class ABPConfig(TrainConfig):
 
     warmup_epochs: int = 0
     finetune_epochs: int = 0
-    joint_epochs: int = 3
-    ramp_epochs: int = 2
-    ste: str = "paper"
-    clip: float = 2.0
-    pull: float = 1e-3
-    m_lr_factor: float = 0.01
-    m_optimizer: str = "adam"
-    nonneg: bool = True
-    threshold_mode: str = "budget"
-    t0: float = 0.5
-    threshold: float | None = None
-    init: str | None = None
-    relu_pass: bool = True
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.ste not in ESTIMATORS:
-            raise ValueError(f"ste must be one of {ESTIMATORS}, got {self.ste!r}")
-        if self.threshold_mode not in THRESHOLD_MODES:
-            raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}, got {self.threshold_mode!r}")
-        if self.m_optimizer not in M_OPTIMIZERS:
-            raise ValueError(f"m_optimizer must be one of {M_OPTIMIZERS}, got {self.m_optimizer!r}")
-        for name in ("clip", "m_lr_factor"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"{name} must be a number > 0, got {v!r}")
-        if isinstance(self.pull, bool) or not isinstance(self.pull, (int, float)) or not self.pull >= 0:
-            raise ValueError(f"pull must be a number >= 0, got {self.pull!r}")
-        if isinstance(self.t0, bool) or not isinstance(self.t0, (int, float)) or not 0 < self.t0 < 1:
-            raise ValueError(f"t0 must be in (0, 1), got {self.t0!r}")
-        if self.threshold is not None and (
-            isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not self.threshold > 0
-        ):
-            raise ValueError(f"threshold must be None or a number > 0, got {self.threshold!r}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        for name in ("nonneg", "relu_pass"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+    joint_epochs: int = option(3, low=0)
+    ramp_epochs: int = option(2, low=0)
+    ste: str = option("paper", choices=ESTIMATORS)
+    clip: float = option(2.0, low=0, low_open=True)
+    pull: float = option(1e-3, low=0)
+    m_lr_factor: float = option(0.01, low=0, low_open=True)
+    m_optimizer: str = option("adam", choices=M_OPTIMIZERS)
+    nonneg: bool = option(True)
+    threshold_mode: str = option("budget", choices=THRESHOLD_MODES)
+    t0: float = option(0.5, low=0, high=1, low_open=True, high_open=True)
+    threshold: float | None = option(None, low=0, low_open=True)
+    init: str | None = option(None, choices=INITS)
+    relu_pass: bool = option(True)
 
 
 @register_method("abp")
@@ -323,27 +216,14 @@ class ABPMethod(PruningMethod):
         self._initial_masks: list[torch.Tensor] | None = None  # at the end of the ramp
         self.exceptions = 0
         self.changes = 0  # channels that changed side between steps at the full budget
-        self._modes: list = []
         b = self.budget
         if b.ratio and self.config.threshold_mode == "budget":  # an unreachable ratio fails now, not at the end
-            select_channels(self.inst.cost, [torch.ones(g.n_channels) for g in self.inst.groups], b.ratio,
-                            b.target, round_to=b.round_to, normalize=None)
+            check_reachable(self.inst.cost, b.ratio, b.target, round_to=b.round_to)
         if self.config.relu_pass:
-            model = self.inst.model
-            self.handles.append(model.register_forward_pre_hook(self._enter_relu_pass))
-            self.handles.append(model.register_forward_hook(self._exit_relu_pass, always_call=True))
+            self.handles += relu_pass_hooks(self.inst.model, self._relu_pass_active)
 
-    def _enter_relu_pass(self, module, args):
-        active = self.inst.mode == "analog" and module.training and torch.is_grad_enabled()
-        mode = ReluPassAtZero() if active else None
-        if mode is not None:
-            mode.__enter__()
-        self._modes.append(mode)
-
-    def _exit_relu_pass(self, module, args, output):
-        mode = self._modes.pop() if self._modes else None
-        if mode is not None:
-            mode.__exit__(None, None, None)
+    def _relu_pass_active(self, module) -> bool:
+        return self.inst.mode == "analog" and module.training and torch.is_grad_enabled()
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.m)
@@ -422,9 +302,7 @@ class ABPMethod(PruningMethod):
 
     def ratio_at(self, step: int) -> float:
         """The budget in force at joint-phase step ``step`` (linear ramp from 0)."""
-        if self.ramp_steps <= 0:
-            return self.budget.ratio
-        return self.budget.ratio * min(1.0, step / self.ramp_steps)
+        return ramp(self.budget.ratio, step, self.ramp_steps)
 
     @torch.no_grad()
     def update_budget_gates(self) -> None:
@@ -483,8 +361,7 @@ class ABPMethod(PruningMethod):
         if self.config.threshold_mode == "fixed":
             masks = self.masks()
             params, macs = self.inst.cost.count(masks)
-            dense = self.inst.cost.dense_params if b.target == "params" else self.inst.cost.dense_macs
-            ratio = 1.0 - (params if b.target == "params" else macs) / dense
+            ratio = self.inst.cost.removed(masks, b.target)
             return BudgetResult(masks=masks, ratio=ratio, params=params, macs=macs, threshold=float("nan"))
         if self._selection is not None and self._selection_ratio == b.ratio:
             return self._selection  # the gates the network was trained with
@@ -516,5 +393,5 @@ class ABPMethod(PruningMethod):
 
     def detach(self) -> None:
         super().detach()
-        if self.inst is not None and self.inst._state == "active" and self.inst.mode == "analog":
+        if self.inst is not None and self.inst.active and self.inst.mode == "analog":
             self.inst.mode = "off"

@@ -11,12 +11,25 @@ A method is an object with a fixed life cycle (compare ``torch.ao.pruning``'s
    the task loss, and calls :meth:`~PruningMethod.after_step`;
 3. :meth:`~PruningMethod.scores` gives one score per channel of every group, and
    :meth:`~PruningMethod.select` turns them into keep-masks meeting the budget;
-4. :meth:`~PruningMethod.detach` removes everything the method added; the
-   runner then finalizes the model and fine-tunes it.
+4. on success only, :meth:`~PruningMethod.commit` writes what the method learned
+   into the model's weights (e.g. ASWL's attention scales; default: nothing);
+5. :meth:`~PruningMethod.detach` removes everything the method added and never
+   changes a weight (it is also the only call on an error path); the pipeline
+   then removes the closed channels and fine-tunes.
+
+:class:`PruningMethod` is an abstract base class: a method implements
+:meth:`~PruningMethod.scores` at least; everything else has a default. Methods
+use the core through its public names only (:mod:`attnprune.core`: the cost
+model's :meth:`~attnprune.core.cost.CostModel.dense` /
+:meth:`~attnprune.core.cost.CostModel.removed`, :mod:`attnprune.core.budget`'s
+``select_channels``, ``tolerance``, ``ramp``, ``check_reachable``,
+:mod:`attnprune.core.filters`, and :class:`~attnprune.Instrumented`'s public
+methods and properties).
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from dataclasses import dataclass
 from typing import Callable, ClassVar
@@ -138,8 +151,12 @@ class Budget:
         object.__setattr__(self, "round_to", check_round_to(self.round_to))
 
 
-class PruningMethod:
-    """Base class of the pruning methods. Subclasses set ``name`` and ``config_class``.
+class PruningMethod(abc.ABC):
+    """Abstract base class of the pruning methods; subclasses implement :meth:`scores`.
+
+    Register a subclass with :func:`register_method` (which sets ``name``) and give
+    it a ``config_class`` (a frozen :class:`TrainConfig` subclass whose fields are
+    :func:`~attnprune.methods.options.option` declarations).
 
     Attributes:
         normalize: How :meth:`select` makes scores of different groups comparable
@@ -207,9 +224,9 @@ class PruningMethod:
     def after_step(self, phase: Phase, step: int) -> None:
         """Called after every optimiser step."""
 
+    @abc.abstractmethod
     def scores(self) -> list[torch.Tensor]:
         """One score per channel of every group, in root index space (higher = keep)."""
-        raise NotImplementedError
 
     def select(self) -> BudgetResult:
         """Keep-masks meeting the budget, from :meth:`scores`."""

@@ -15,6 +15,11 @@ rank by ``|gamma|`` (``tp.importance.BNScaleImportance``).
 All four are ranked globally by :mod:`attnprune.core.budget` (mean-normalised per group);
 torch-pruning's own global mode is not used, since it silently skips a group whose
 channels all fall under the threshold.
+
+torch-pruning: these baselines *are* torch-pruning's importance criteria, so this
+module calls ``tp.importance`` on torch-pruning groups. It never reads the
+dependency graph itself: the group of a :class:`~attnprune.core.groups.ChannelGroup`
+comes from :func:`attnprune.core.groups.pruning_group`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch_pruning as tp
 
 from .._batch import call_model
 from .._modes import eval_mode
-from ..core.groups import NORM_TYPES
+from ..core.groups import NORM_TYPES, pruning_group
 from .base import Phase, PruningMethod, TrainConfig, register_method
 from .options import option
 
@@ -37,7 +42,8 @@ __all__ = ["BaselineConfig", "TaylorConfig", "SlimConfig", "L1Method", "TaylorMe
 class BaselineConfig(TrainConfig):
     """Baselines train ``warmup_epochs``, rank once, then fine-tune ``finetune_epochs``.
 
-    The defaults give the same total passes as PAAM's defaults (four).
+    The defaults give the same total passes as PAAM's defaults (four). Every
+    option is :class:`~attnprune.methods.base.TrainConfig`'s.
     """
 
     warmup_epochs: int = 2
@@ -46,16 +52,13 @@ class BaselineConfig(TrainConfig):
 
 @dataclass(frozen=True)
 class TaylorConfig(BaselineConfig):
-    """Attributes:
-    taylor_batches: Batches whose gradients are accumulated for the Taylor score.
+    """Options of the Taylor baseline.
+
+    Attributes:
+        taylor_batches: Batches whose gradients are accumulated for the Taylor score.
     """
 
-    taylor_batches: int = 8
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not isinstance(self.taylor_batches, int) or self.taylor_batches < 1:
-            raise ValueError(f"taylor_batches must be an int >= 1, got {self.taylor_batches!r}")
+    taylor_batches: int = option(8, low=1)
 
 
 @dataclass(frozen=True)
@@ -70,13 +73,8 @@ class SlimConfig(BaselineConfig):
             trained model's ``|gamma|`` as it is).
     """
 
-    sparsity: float = 1e-4
+    sparsity: float = option(1e-4, low=0)
     sparsity_epochs: int = option(1, low=0)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not isinstance(self.sparsity, (int, float)) or not self.sparsity >= 0:
-            raise ValueError(f"sparsity must be a number >= 0, got {self.sparsity!r}")
 
 
 class _TPImportanceMethod(PruningMethod):
@@ -88,7 +86,8 @@ class _TPImportanceMethod(PruningMethod):
         raise NotImplementedError
 
     def tp_group(self, g):
-        return self.inst.graph.get_pruning_group(g.root_module, g.root_fn, list(range(g.n_channels)))
+        """torch-pruning's group of all of ``g``'s channels."""
+        return pruning_group(self.inst.graph, g)
 
     def scores(self) -> list[torch.Tensor]:
         imp = self.importance()

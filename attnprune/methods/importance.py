@@ -4,6 +4,10 @@
 torch-pruning's own pruners, e.g. ``tp.pruner.MetaPruner``: called on any
 torch-pruning group, it returns the method's scores in that group's root index
 space (torch-pruning's ``Importance`` contract).
+
+torch-pruning: this module implements torch-pruning's ``Importance`` interface, so
+it reads the torch-pruning groups that torch-pruning's pruners pass to it (their
+root module and indices); it never builds or walks a dependency graph.
 """
 
 from __future__ import annotations

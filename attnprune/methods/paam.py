@@ -50,10 +50,12 @@ import torch.nn as nn
 from .._batch import call_model
 from .._modes import eval_mode
 from ..core.budget import select_channels
+from ..core.filters import filter_rows
 from ..core.groups import ChannelGroup
 from .base import Phase, PruningMethod, TrainConfig, register_method
+from .options import option
 
-__all__ = ["PAAMConfig", "PAAMMethod", "leaky_exp", "AttentionNet", "filter_rows"]
+__all__ = ["PAAMConfig", "PAAMMethod", "leaky_exp", "AttentionNet", "an_input"]
 
 VARIANTS = ("auto", "vanilla", "kq")
 MASK_UPDATES = ("phase", "step")
@@ -65,21 +67,13 @@ def leaky_exp(x: torch.Tensor, slope: float = 0.1) -> torch.Tensor:
     return torch.where(x < 0, torch.exp(torch.clamp(x, max=0.0)), 1.0 + slope * x)
 
 
-def filter_rows(group: ChannelGroup) -> torch.Tensor:
-    """The AN input of a group: one row per channel, the producers' filters side by side.
+def an_input(group: ChannelGroup) -> torch.Tensor:
+    """The AN input of a group: :func:`attnprune.core.filters.filter_rows`, scaled.
 
-    Rows are in the group's root index space; a producer covering only some of the
-    group's channels leaves zeros in the others' rows.
+    One row per channel (the producers' filters side by side, root index space),
+    scaled to unit mean L1 norm per row; differentiable in the filters.
     """
-    parts = []
-    for span in group.producers:
-        w = span.module.weight
-        if isinstance(span.module, nn.modules.conv._ConvNd) and span.module.transposed:
-            w = w.transpose(0, 1)
-        rows = w[span.local].flatten(1)
-        full = rows.new_zeros(group.n_channels, rows.shape[1])
-        parts.append(full.index_copy(0, span.root.to(rows.device), rows))
-    x = torch.cat(parts, dim=1)
+    x = filter_rows(group)
     # rows of unit mean L1 norm: an Adam step of size lr on the AN weights then moves
     # a logit by at most about lr, whatever the group's size (vanilla) or row length
     return x / (x.detach().abs().sum(1).mean() + 1e-12)
@@ -116,7 +110,7 @@ class AttentionNet(nn.Module):
 
     def logits(self, rows: torch.Tensor) -> torch.Tensor:
         if self.variant == "vanilla":
-            # vec(F) scaled to unit L1 norm over the whole group (see filter_rows)
+            # vec(F) scaled to unit L1 norm over the whole group (see an_input)
             return rows.reshape(1, -1) @ self.w_f / rows.shape[0]
         q = rows @ self.w_q
         k = rows @ self.w_k
@@ -165,38 +159,19 @@ class PAAMConfig(TrainConfig):
             cost (``"sqrt"``), or 1 (``"uniform"``, the paper's plain L1).
     """
 
-    variant: str = "auto"
-    vanilla_max_elements: int = 2**24
-    kq_hidden: int | None = None
-    kq_alpha: float = 1.0
-    slope: float = 0.1
-    lam: float | None = None
-    cycles: int = 1
-    an_epochs: int = 1
-    cnn_epochs: int = 1
-    an_lr: float | None = None
-    travel: float = 6.0
-    mask_update: str = "phase"
-    cost_weight: str = "target"
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.cost_weight not in COST_WEIGHTS:
-            raise ValueError(f"cost_weight must be one of {COST_WEIGHTS}, got {self.cost_weight!r}")
-        if self.mask_update not in MASK_UPDATES:
-            raise ValueError(f"mask_update must be one of {MASK_UPDATES}, got {self.mask_update!r}")
-        if self.lam is not None and not (isinstance(self.lam, (int, float)) and self.lam >= 0):
-            raise ValueError(f"lam must be None (calibrated) or a number >= 0, got {self.lam!r}")
-        for name in ("slope", "kq_alpha", "an_lr", "travel"):
-            v = getattr(self, name)
-            if v is None and name == "an_lr":
-                continue
-            if not (isinstance(v, (int, float)) and v > 0):
-                raise ValueError(f"{name} must be a number > 0, got {v!r}")
-        if self.kq_hidden is not None and not (isinstance(self.kq_hidden, int) and self.kq_hidden > 0):
-            raise ValueError(f"kq_hidden must be None or an int > 0, got {self.kq_hidden!r}")
+    variant: str = option("auto", choices=VARIANTS)
+    vanilla_max_elements: int = option(2**24, low=0)
+    kq_hidden: int | None = option(None, low=1)
+    kq_alpha: float = option(1.0, low=0, low_open=True)
+    slope: float = option(0.1, low=0, low_open=True)
+    lam: float | None = option(None, low=0)
+    cycles: int = option(1, low=0)
+    an_epochs: int = option(1, low=0)
+    cnn_epochs: int = option(1, low=0)
+    an_lr: float | None = option(None, low=0, low_open=True)
+    travel: float = option(6.0, low=0, low_open=True)
+    mask_update: str = option("phase", choices=MASK_UPDATES)
+    cost_weight: str = option("target", choices=COST_WEIGHTS)
 
 
 @register_method("paam")
@@ -218,7 +193,7 @@ class PAAMMethod(PruningMethod):
         nets = []
         self.variants = []
         for g in inst.groups:
-            rows = filter_rows(g).detach()
+            rows = an_input(g).detach()
             variant = c.variant
             if variant == "auto":
                 variant = "vanilla" if g.n_channels ** 2 * rows.shape[1] <= c.vanilla_max_elements else "kq"
@@ -243,7 +218,7 @@ class PAAMMethod(PruningMethod):
 
     def compute_scores(self) -> list[torch.Tensor]:
         """Scores of every group from the current filter weights (differentiable)."""
-        return [net(filter_rows(g)) for net, g in zip(self.an, self.inst.groups)]
+        return [net(an_input(g)) for net, g in zip(self.an, self.inst.groups)]
 
     def _gate_scores(self) -> list[torch.Tensor]:
         # called by the gates once per forward; the regulariser reuses the result
@@ -308,10 +283,7 @@ class PAAMMethod(PruningMethod):
             if not bool(m.any()):
                 m = s == s.max()
             masks.append(m)
-        counts = self.inst.cost.count_closed([~m for m in masks])
-        which = 0 if self.budget.target == "params" else 1
-        dense = (self.inst.cost.dense_params, self.inst.cost.dense_macs)[which]
-        return 1.0 - counts[which] / dense
+        return self.inst.cost.removed(masks, self.budget.target)
 
     def calibrate_lam(self) -> float:
         """Initial lam: the task gradient of the budget's share of channels, per unit cost.
@@ -325,7 +297,7 @@ class PAAMMethod(PruningMethod):
         ones = [torch.ones(g.n_channels, device=w.device, requires_grad=True)
                 for g, w in zip(self.inst.groups, self.weights)]
         model = self.inst.model
-        old_mode, old_scores = self.inst.mode, self.inst._gates.scores
+        old_mode, old_scores = self.inst.mode, self.inst.analog_scores
         try:
             self.inst.set_scores(ones)
             self.inst.mode = "analog"
@@ -357,5 +329,5 @@ class PAAMMethod(PruningMethod):
 
     def detach(self) -> None:
         super().detach()
-        if self.inst is not None and self.inst._state == "active" and self.inst.mode == "analog":
+        if self.inst is not None and self.inst.active and self.inst.mode == "analog":
             self.inst.mode = "off"

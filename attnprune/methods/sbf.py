@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ..core.budget import BudgetResult
 from .base import register_method
+from .options import option
 from .paam import PAAMConfig, PAAMMethod
 
 __all__ = ["SbFConfig", "SbFMethod"]
@@ -24,17 +25,15 @@ __all__ = ["SbFConfig", "SbFMethod"]
 
 @dataclass(frozen=True)
 class SbFConfig(PAAMConfig):
-    """PAAM's options, with ``variant`` fixed to ``"vanilla"`` and the threshold to 0.5."""
+    """PAAM's options, with ``variant`` fixed to ``"vanilla"`` and a fixed threshold.
 
-    variant: str = "vanilla"
-    threshold: float = 0.5
+    Attributes:
+        variant: Always ``"vanilla"``: SbF-Pruner's attention over ``vec(F)``.
+        threshold: Channels whose score is at least this stay (the paper's 0.5).
+    """
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.variant != "vanilla":
-            raise ValueError(f"sbf uses the vanilla attention only; got variant={self.variant!r}")
-        if not (isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1):
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
+    variant: str = option("vanilla", choices=("vanilla",))
+    threshold: float = option(0.5, low=0, high=1, low_open=True, high_open=True)
 
 
 @register_method("sbf")

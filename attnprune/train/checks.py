@@ -16,7 +16,7 @@ import torch.nn as nn
 from . import distributed as dist_util
 from .._modes import eval_mode
 from .._batch import call_model, to_device as _to, unpack_batch
-from ..core.budget import select_channels
+from ..core.budget import check_reachable as check_reachable_ratio
 from ..core.instrument import Instrumented
 from ..methods import available_methods
 from ..methods.base import Budget
@@ -230,8 +230,7 @@ def check_reachable(inst: Instrumented, budget: Budget) -> None:
     Raises:
         BudgetError: naming the largest reachable ratio.
     """
-    select_channels(inst.cost, [torch.ones(g.n_channels) for g in inst.groups], budget.ratio, budget.target,
-                    round_to=budget.round_to, normalize=None)
+    check_reachable_ratio(inst.cost, budget.ratio, budget.target, round_to=budget.round_to)
 
 
 def check_example_tensors(example_inputs) -> None:
