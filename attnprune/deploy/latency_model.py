@@ -39,7 +39,7 @@ from ..core.groups import as_args
 from ..core.instrument import Instrumented
 from .export import PROVIDERS, export_onnx, onnx_session
 from .latency_cache import cache_key, load_cached, save_cached
-from .latency_table import LayerSpec, OrtTimer, Timer, grid_points, layer_specs, median_seconds
+from .latency_table import LayerSpec, OrtTimer, Timer, grid_points, layer_specs, time_call
 
 __all__ = ["LatencyModel", "build_latency_model"]
 
@@ -246,22 +246,45 @@ def _at_batch(args: tuple, batch: int) -> tuple:
     return tuple(t[torch.arange(batch) % t.shape[0]] if isinstance(t, torch.Tensor) else t for t in args)
 
 
-def _measure_dense(model: nn.Module, args: tuple, batch: int, threads: int, provider: str) -> float:
-    """The dense model's latency through :func:`export_onnx` and :func:`onnx_session`."""
-    inputs = _at_batch(args, batch)
-    clone = _hook_free_copy(model)
-    with tempfile.TemporaryDirectory(prefix="attnprune-latency-") as tmp:
-        path = Path(tmp) / "dense.onnx"
+class _DenseTimer:
+    """The dense model through :func:`export_onnx` and :func:`onnx_session`, sampled in turns.
+
+    Samples are taken between the tables, so the dense latency and the tables see the
+    same machine (its load drifts on a shared machine); the fastest is the result, as
+    for the tables (:func:`~attnprune.deploy.latency_table.time_call`).
+    """
+
+    def __init__(self, model: nn.Module, args: tuple, batch: int, threads: int, provider: str):
+        inputs = _at_batch(args, batch)
+        clone = _hook_free_copy(model)
+        self._tmp = tempfile.TemporaryDirectory(prefix="attnprune-latency-")
+        path = Path(self._tmp.name) / "dense.onnx"
         try:  # the TorchScript exporter (opset 17) is ~7x faster than dynamo on ResNet-50
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 export_onnx(clone, inputs, path, dynamic_batch=False, check=False, opset=_DENSE_OPSET)
         except Exception:  # noqa: BLE001 - then the default exporter
             export_onnx(clone, inputs, path, dynamic_batch=False, check=False)
-        session = onnx_session(path, provider, threads)
-        names = [i.name for i in session.get_inputs()]
-        feed = {n: t.detach().cpu().numpy() for n, t in zip(names, inputs)}
-        return median_seconds(lambda: session.run(None, feed), warmup=3, samples=9, min_sample_s=0.05)
+        self._session = onnx_session(path, provider, threads)
+        names = [i.name for i in self._session.get_inputs()]
+        self._feed = {n: t.detach().cpu().numpy() for n, t in zip(names, inputs)}
+        self.samples: list[float] = []
+        for _ in range(3):  # warm-up
+            self._run()
+
+    def _run(self):
+        return self._session.run(None, self._feed)
+
+    def sample(self) -> None:
+        """Take one sample (the fastest of three runs)."""
+        self.samples.append(time_call(self._run, warmup=0, samples=3, min_sample_s=0.0))
+
+    def result(self, at_least: int = 7) -> float:
+        """Fastest sample (topped up to ``at_least`` samples); removes the exported file."""
+        while len(self.samples) < at_least:
+            self.sample()
+        self._tmp.cleanup()
+        return float(np.min(self.samples))
 
 
 def build_latency_model(
@@ -354,10 +377,13 @@ def build_latency_model(
         return LatencyModel(cost, layers, tables, entries, cached[1], key, from_cache=True)
 
     own_timer = timer is None
+    dense_timer = _DenseTimer(model, args, batch, threads, provider) if own_timer and dense_latency is None else None
     run = OrtTimer(threads, provider) if own_timer else timer
     done: dict[tuple[LayerSpec, int, int], float] = {}
     try:
         for t in tables:
+            if dense_timer is not None:
+                dense_timer.sample()
             spec = t["spec"]
             rows = []
             for ko in t["grid_out"]:
@@ -375,12 +401,9 @@ def build_latency_model(
     finally:
         if own_timer:
             run.close()
-    if dense_latency is not None:
-        dense = float(dense_latency)
-    elif own_timer:
-        dense = _measure_dense(model, args, batch, threads, provider)
-    else:
-        dense = None
+    dense = float(dense_latency) if dense_latency is not None else None
+    if dense_timer is not None:
+        dense = dense_timer.result()
     if cache_dir is not False:
         try:
             save_cached(key, tables, dense, directory)
