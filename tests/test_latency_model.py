@@ -37,6 +37,25 @@ class ToyNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class ConcatFlattenNet(nn.Module):
+    """Two branches concatenated into one conv, then flattened into a linear layer.
+
+    The linear layer's input features repeat each channel 16 times (a span whose
+    root indices repeat), the merging conv's input spans two groups.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU())
+        self.merge = nn.Sequential(nn.Conv2d(20, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = self.merge(torch.cat([self.a(x), self.b(x)], 1))
+        return self.head(x.flatten(1))
+
+
 def macs_timer(spec, k_out: int, k_in: int) -> float:
     """MACs per batch of ``spec`` at the kept counts: bilinear in (k_out, k_in)."""
     if spec.kind == "linear":
@@ -96,6 +115,13 @@ def toy():
 
 
 @pytest.fixture(scope="module")
+def concat():
+    inst = attnprune.instrument(ConcatFlattenNet().eval(), torch.randn(2, 3, 8, 8))
+    yield inst
+    inst.remove()
+
+
+@pytest.fixture(scope="module")
 def resnet20():
     inst = _resnet20()
     yield inst
@@ -106,7 +132,7 @@ def resnet20():
 # Prediction is exact against a bilinear fake timer
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("multiple", [1, 8])
-@pytest.mark.parametrize("which", ["toy", "resnet20"])
+@pytest.mark.parametrize("which", ["toy", "concat", "resnet20"])
 def test_predict_equals_analytic_macs(request, which, multiple):
     inst = request.getfixturevalue(which)
     lm = build_latency_model(inst, batch=3, threads=1, multiple=multiple, cache_dir=False, timer=macs_timer)
@@ -153,7 +179,9 @@ def test_channel_costs_rank_expensive_groups_higher(toy):
 # --------------------------------------------------------------------------- #
 def test_grid_points_unit():
     assert grid_points(64, 16, 5) == (16, 32, 48, 64)
-    assert grid_points(10, 16, 5) == (10,)
+    assert grid_points(10, 16, 5) == (1, 10)  # no multiple below 10: its ends
+    assert grid_points(12, 16, 5, unit=4) == (4, 12)
+    assert grid_points(1, 16, 5) == (1,)
     pts = grid_points(512, 16, 5)
     assert len(pts) == 5 and pts[0] == 16 and pts[-1] == 512
     assert all(p % 16 == 0 for p in pts)
@@ -170,7 +198,7 @@ def test_table_grids_lie_on_the_rounding_grid(resnet20, multiple):
         for grid, c in ((t["grid_out"], spec.c_out), (t["grid_in"], spec.c_in)):
             assert grid[-1] == c and 1 <= len(grid) <= 4
             assert list(grid) == sorted(set(grid))
-            assert all(p % multiple == 0 for p in grid[:-1])
+            assert all(p % multiple == 0 for p in grid[:-1]) or (len(grid) == 2 and c <= multiple)
     # the image input (3 channels) is not prunable: one point
     assert any(t["grid_in"] == (3,) for t in lm.tables)
     # each distinct (configuration, k_out, k_in) is timed once

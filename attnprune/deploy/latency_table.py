@@ -157,10 +157,14 @@ def grid_points(c: int, multiple: int, n_points: int, unit: int = 1) -> tuple[in
 
     Multiples of ``lcm(multiple, unit)`` (``unit``: conv groups, whose count a
     kept number must divide) between one step and ``c``, both ends included
-    (``c`` even when it is no multiple), thinned evenly to at most ``n_points``.
+    (``c`` even when it is no multiple), thinned evenly to at most ``n_points``. A
+    dimension with no multiple below ``c`` is timed at ``unit`` (the fewest channels it
+    can keep) and ``c``, so that counts off the rounding grid still interpolate.
     """
     step = math.lcm(multiple, unit)
     cand = list(range(step, c, step)) + [c]
+    if len(cand) == 1 and unit < c:
+        cand = [unit, c]
     if len(cand) <= n_points:
         return tuple(cand)
     idx = np.unique(np.round(np.linspace(0, len(cand) - 1, n_points)).astype(int))
