@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 import attnprune
 from attnprune.deploy import latency_cache
@@ -152,6 +152,33 @@ def test_predict_equals_analytic_macs(request, which, multiple):
     assert len(seen) > 1  # the masks really differed
 
 
+@pytest.mark.parametrize("scaling", ["layers", "activations", "constant"])
+def test_residual_scaling(concat, scaling):
+    """With a known dense latency, the residual follows the chosen scaling exactly."""
+    plain = build_latency_model(concat, threads=1, cache_dir=False, timer=macs_timer)
+    dense_layers = plain.dense
+    lm = build_latency_model(concat, threads=1, cache_dir=False, timer=macs_timer, dense_latency=2 * dense_layers,
+                             scaling=scaling)
+    assert lm.dense == 2 * dense_layers and lm.residual == pytest.approx(dense_layers)
+    masks = random_masks(concat, torch.Generator().manual_seed(5))
+    layers = plain.predict(masks)
+    k_out, k_in = lm.kept(masks)
+    if scaling == "layers":
+        expected = 2 * layers
+    elif scaling == "constant":
+        expected = layers + dense_layers
+    else:  # kept activations: k_out * out_size + k_in * in_size over the layer calls
+        act = dense_act = 0.0
+        for ti, ko, ki in zip(lm.entries, k_out, k_in):
+            spec = lm.tables[ti]["spec"]
+            so, si = math.prod(spec.out_size), math.prod(spec.in_size)
+            act += ko * so + ki * si
+            dense_act += spec.c_out * so + spec.c_in * si
+        expected = layers + dense_layers * act / dense_act
+    assert lm.predict(masks) == pytest.approx(expected, rel=1e-9)
+    assert sum(lm.breakdown(masks).values()) == pytest.approx(expected, rel=1e-9)
+
+
 def test_predict_accepts_numpy_masks_and_checks_them(toy):
     lm = build_latency_model(toy, threads=1, cache_dir=False, timer=macs_timer)
     masks = random_masks(toy, torch.Generator().manual_seed(0))
@@ -230,12 +257,13 @@ def test_cost_model_needs_model_and_inputs(toy):
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        (dict(batch=0), "batch"),
-        (dict(threads=0), "threads"),
-        (dict(provider="tpu"), "provider"),
-        (dict(multiple=0), "multiple"),
-        (dict(points=1), "points"),
-        (dict(dense_latency=-1.0), "dense_latency"),
+        ({"batch": 0}, "batch"),
+        ({"threads": 0}, "threads"),
+        ({"provider": "tpu"}, "provider"),
+        ({"multiple": 0}, "multiple"),
+        ({"points": 1}, "points"),
+        ({"scaling": "linear"}, "scaling"),
+        ({"dense_latency": -1.0}, "dense_latency"),
     ],
 )
 def test_bad_arguments_name_themselves(toy, kwargs, name):
@@ -269,18 +297,18 @@ def test_default_cache_dir_follows_environment(monkeypatch, tmp_path):
 
 
 _CHANGES = {
-    "threads": (dict(threads=2), None),
-    "batch": (dict(batch=2), None),
-    "multiple": (dict(multiple=8), None),
-    "provider": (dict(provider="cuda"), None),
-    "dense_latency": (dict(dense_latency=0.5), None),
-    "points": (dict(points=3), None),
+    "threads": ({"threads": 2}, None),
+    "batch": ({"batch": 2}, None),
+    "multiple": ({"multiple": 8}, None),
+    "provider": ({"provider": "cuda"}, None),
+    "dense_latency": ({"dense_latency": 0.5}, None),
+    "points": ({"points": 3}, None),
 }
 
 
 @pytest.mark.parametrize("change", list(_CHANGES) + ["input shape", "structure", "ort version", "cpu flags", "timer"])
 def test_cache_is_refused_when_its_key_differs(toy, tmp_path, monkeypatch, change):
-    base = dict(threads=1, multiple=4, cache_dir=tmp_path)
+    base = {"threads": 1, "multiple": 4, "cache_dir": tmp_path}
     build_latency_model(toy, timer=CountingTimer(), **base)
     inst, kwargs, timer = toy, dict(base), CountingTimer()
     other = None

@@ -16,26 +16,32 @@ Tables are measured on a hook-free forward pass's real input sizes.
 
 from __future__ import annotations
 
+import copy
 import gc
 import math
 import statistics
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .._modes import eval_mode
-from .export import onnx_session
+from .export import export_onnx, onnx_session
 
-__all__ = ["LayerSpec", "OrtTimer", "Timer", "grid_points", "layer_specs", "one_node_model", "time_call"]
+__all__ = [
+    "DenseTimer", "LayerSpec", "OrtTimer", "Timer", "at_batch", "grid_points", "hook_free_copy", "layer_specs",
+    "one_node_model", "time_call",
+]
 
 _CONV = nn.modules.conv._ConvNd
 _OPSET = 17
+_DENSE_OPSET = 17  # the TorchScript exporter: ~7x faster than dynamo on ResNet-50
 
 Timer = Callable[["LayerSpec", int, int], float]
 """``timer(spec, k_out, k_in) -> seconds`` per batch of ``spec.batch`` samples."""
@@ -86,7 +92,7 @@ class LayerSpec:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LayerSpec":
+    def from_dict(cls, d: dict) -> LayerSpec:
         """Inverse of :meth:`to_dict`."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
@@ -218,8 +224,8 @@ def one_node_model(spec: LayerSpec, k_out: int, k_in: int, seed: int = 0):
         if spec.bias:
             inits.append(init("B", (k_out,)))
             ins.append("B")
-        attrs = dict(kernel_shape=list(spec.kernel), strides=list(spec.stride), pads=list(spec.pads),
-                     dilations=list(spec.dilation), group=g)
+        attrs = {"kernel_shape": list(spec.kernel), "strides": list(spec.stride), "pads": list(spec.pads),
+                     "dilations": list(spec.dilation), "group": g}
         if spec.kind == "conv_transpose":
             nodes = [helper.make_node("ConvTranspose", ins, ["Y"], output_padding=list(spec.output_padding), **attrs)]
         else:
@@ -305,3 +311,64 @@ class OrtTimer:
     def close(self) -> None:
         """Remove the temporary folder."""
         self._dir.cleanup()
+
+
+def hook_free_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` without forward (pre-)hooks (the gates of an instrumented model)."""
+    memo = {}
+    for m in model.modules():
+        for d in (m._forward_hooks, m._forward_pre_hooks):
+            for h in d.values():
+                memo[id(h)] = h  # shared, not copied: the copy drops them below
+    clone = copy.deepcopy(model, memo)
+    for m in clone.modules():
+        for d in (m._forward_hooks, m._forward_pre_hooks, m._forward_hooks_with_kwargs,
+                  m._forward_hooks_always_called, m._forward_pre_hooks_with_kwargs):
+            d.clear()
+    return clone
+
+
+def at_batch(args: tuple, batch: int) -> tuple:
+    """``args`` with ``batch`` rows (tensors' rows cycled)."""
+    return tuple(t[torch.arange(batch) % t.shape[0]] if isinstance(t, torch.Tensor) else t for t in args)
+
+
+class DenseTimer:
+    """The dense model through :func:`export_onnx` and :func:`onnx_session`, sampled in turns.
+
+    Samples are taken between the tables, so the dense latency and the tables see the
+    same machine (its load drifts on a shared machine); the fastest is the result, as
+    for the tables (:func:`~attnprune.deploy.latency_table.time_call`).
+    """
+
+    def __init__(self, model: nn.Module, args: tuple, batch: int, threads: int, provider: str):
+        inputs = at_batch(args, batch)
+        clone = hook_free_copy(model)
+        self._tmp = tempfile.TemporaryDirectory(prefix="attnprune-latency-")
+        path = Path(self._tmp.name) / "dense.onnx"
+        try:  # the TorchScript exporter (opset 17) is ~7x faster than dynamo on ResNet-50
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                export_onnx(clone, inputs, path, dynamic_batch=False, check=False, opset=_DENSE_OPSET)
+        except Exception:  # noqa: BLE001 - then the default exporter
+            export_onnx(clone, inputs, path, dynamic_batch=False, check=False)
+        self._session = onnx_session(path, provider, threads)
+        names = [i.name for i in self._session.get_inputs()]
+        self._feed = {n: t.detach().cpu().numpy() for n, t in zip(names, inputs)}
+        self.samples: list[float] = []
+        for _ in range(3):  # warm-up
+            self._run()
+
+    def _run(self):
+        return self._session.run(None, self._feed)
+
+    def sample(self) -> None:
+        """Take one sample (the fastest of three runs)."""
+        self.samples.append(time_call(self._run, warmup=0, samples=3, min_sample_s=0.0))
+
+    def result(self, at_least: int = 7) -> float:
+        """Fastest sample (topped up to ``at_least`` samples); removes the exported file."""
+        while len(self.samples) < at_least:
+            self.sample()
+        self._tmp.cleanup()
+        return float(np.min(self.samples))
