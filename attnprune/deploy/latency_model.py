@@ -280,7 +280,9 @@ def build_latency_model(
             (``~/.cache/attnprune/latency``); ``False``: no cache.
         timer: ``timer(spec, k_out, k_in) -> seconds`` replacing ONNX Runtime (your
             own device timings, or a fake in tests); then nothing is measured and,
-            unless ``dense_latency`` is given, the residual is 0.
+            unless ``dense_latency`` is given, the residual is 0. Its cache entry is
+            keyed by its module and qualified name: use ``cache_dir=False`` while its
+            timings change.
         points: Grid points per channel dimension (at most; both ends included).
         dense_latency: The dense model's latency in seconds per batch, when known
             (skips its measurement).

@@ -11,7 +11,9 @@ a session made by :func:`attnprune.deploy.export.onnx_session` (full graph
 optimisation, so the NCHWc layout applies as in a whole model; fixed threads).
 Each point is the fastest of several timed samples after a few warm-up runs (see
 :func:`time_call` for why not the median).
-Tables are measured on a hook-free forward pass's real input sizes.
+Each layer is timed at its real input size, recorded in one forward pass.
+:class:`DenseTimer` times the whole dense model the same way, through
+:func:`attnprune.deploy.export.export_onnx` (the residual's reference).
 """
 
 from __future__ import annotations
@@ -275,6 +277,12 @@ def time_call(run: Callable[[], object], *, warmup: int, samples: int, min_sampl
 
 class OrtTimer:
     """Times one-node models in ONNX Runtime (the default ``timer``).
+
+    The input is bound once and the output preallocated (``io_binding``): a plain
+    ``session.run`` allocates and copies the output to numpy every call, which made
+    the one-node timings of ResNet-18 sum to 1.5x the whole model's latency. With
+    ``provider="cuda"`` both stay on the host and are copied every run, as in
+    :func:`attnprune.deploy.bench.benchmark`.
 
     Args:
         threads: Intra-op threads of every session.
