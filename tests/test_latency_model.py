@@ -231,8 +231,7 @@ def test_table_grids_lie_on_the_rounding_grid(resnet20, multiple):
     # each distinct (configuration, k_out, k_in) is timed once
     assert len(timer.calls) == len(set(timer.calls))
     assert len(lm.tables) < len(lm.entries)  # repeated blocks share a table
-    for spec, k_out, k_in in timer.calls:
-        assert spec.batch == 1
+    assert all(spec.batch == 1 for spec, _, _ in timer.calls)
 
 
 def test_depthwise_table_has_one_dimension(toy):
