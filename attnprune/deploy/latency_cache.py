@@ -1,0 +1,140 @@
+"""On-disk cache of latency tables, keyed by everything a table depends on.
+
+The key holds the CPU (model name, feature flags, architecture), the onnxruntime
+version, the provider, threads, batch, the inputs' per-sample shapes and dtypes, the
+rounding multiple, the timer (ONNX Runtime or a named custom one), a given dense
+latency, and the model's structure: every layer call's configuration and grids. Its
+SHA-256 names the file; the file stores the whole key, and a file whose key is not
+exactly the expected one, or that does not parse into tables of the expected shapes,
+is never used (a corrupted file is rebuilt with a warning). Files are written
+atomically (:func:`attnprune._files.atomic_file`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import warnings
+from pathlib import Path
+
+from .._files import atomic_file
+from ..data import cache_dir
+
+__all__ = ["cache_key", "default_cache_dir", "load_cached", "machine_identity", "save_cached"]
+
+FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """``$ATTNPRUNE_CACHE/latency``, or ``~/.cache/attnprune/latency``."""
+    return cache_dir() / "latency"
+
+
+def machine_identity() -> dict:
+    """The CPU's model name and feature flags (``/proc/cpuinfo``) and architecture."""
+    model, flags = None, []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                name, _, value = line.partition(":")
+                name = name.strip()
+                if name in ("model name", "Model", "cpu model") and model is None:
+                    model = value.strip()
+                elif name in ("flags", "Features") and not flags:
+                    flags = sorted(set(value.split()))
+    except OSError:
+        pass
+    return {"cpu": model or platform.processor() or None, "cpu_flags": flags, "machine": platform.machine()}
+
+
+def _ort_version() -> str | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return str(onnxruntime.__version__)
+
+
+def _timer_name(timer) -> str:
+    if timer is None:
+        return "onnxruntime"
+    fn = getattr(timer, "__func__", timer)
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"custom:{getattr(fn, '__module__', '?')}.{name}"
+
+
+def cache_key(*, tables: list[dict], entries: list[int], batch: int, threads: int, provider: str,
+              multiple: int, inputs: list, timer, dense_latency: float | None) -> dict:
+    """The JSON-ready key of a latency model (see the module docstring)."""
+    return {
+        "format": FORMAT,
+        **machine_identity(),
+        "onnxruntime": _ort_version(),
+        "provider": provider,
+        "threads": threads,
+        "batch": batch,
+        "inputs": [[list(shape), dtype] for shape, dtype in inputs],
+        "multiple": multiple,
+        "timer": _timer_name(timer),
+        "dense_latency": dense_latency,
+        "layers": [
+            {"spec": t["spec"].to_dict(), "grid_out": list(t["grid_out"]), "grid_in": list(t["grid_in"])}
+            for t in tables
+        ],
+        "entries": list(entries),
+    }
+
+
+def _path(key: dict, directory) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return Path(directory if directory is not None else default_cache_dir()) / f"latency-{digest}.json"
+
+
+def _valid_seconds(rows, n_out: int, n_in: int) -> bool:
+    return (
+        isinstance(rows, list) and len(rows) == n_out
+        and all(isinstance(r, list) and len(r) == n_in for r in rows)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                for r in rows for v in r)
+    )
+
+
+def load_cached(key: dict, tables: list[dict], directory) -> tuple[bool, float | None] | None:
+    """Fill ``tables``' seconds from the cache file of ``key``.
+
+    Returns:
+        ``(True, dense seconds or None)`` when a valid file of exactly this key was
+        found, else ``None`` (no file; or a corrupted one, with a warning).
+    """
+    path = _path(key, directory)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("key") != key:
+            raise ValueError("its key differs from this model's")
+        rows = data["seconds"]
+        dense = data["dense"]
+        if not isinstance(rows, list) or len(rows) != len(tables):
+            raise ValueError("it holds the wrong number of tables")
+        for t, r in zip(tables, rows):
+            if not _valid_seconds(r, len(t["grid_out"]), len(t["grid_in"])):
+                raise ValueError(f"a table of {t['spec'].kind} {t['spec'].c_out}x{t['spec'].c_in} is malformed")
+        if dense is not None and not (isinstance(dense, (int, float)) and math.isfinite(dense) and dense > 0):
+            raise ValueError(f"its dense latency {dense!r} is not a positive number")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        warnings.warn(f"ignoring the corrupted latency cache {path} ({exc}); measuring again", stacklevel=3)
+        return None
+    for t, r in zip(tables, rows):
+        t["seconds"] = [[float(v) for v in row] for row in r]
+    return True, None if dense is None else float(dense)
+
+
+def save_cached(key: dict, tables: list[dict], dense: float | None, directory) -> Path:
+    """Write the tables of ``key`` (atomically) and return the file's path."""
+    path = _path(key, directory)
+    with atomic_file(path, "w") as fh:
+        json.dump({"key": key, "seconds": [t["seconds"] for t in tables], "dense": dense}, fh)
+    return path
