@@ -8,12 +8,12 @@ the physically pruned model computes.
 
 __version__ = "0.1.0"
 
-from .train.pipeline import DEFAULT_METHOD, PruneReport, PruneResult, prune
 from .core.budget import BudgetResult, select_channels
-from .errors import AttnpruneError, BudgetError, EquivalenceError, UnsupportedModelError
-from .methods.importance import LearnedImportance
 from .core.instrument import Instrumented, instrument
+from .errors import AttnpruneError, BudgetError, EquivalenceError, UnsupportedModelError
 from .methods import Budget, Context, PruningMethod, available_methods, get_method, register_method
+from .methods.importance import LearnedImportance
+from .train.pipeline import DEFAULT_METHOD, PruneReport, PruneResult, prune
 from .train.runner import Runner, TrainingDivergedError, evaluate
 
 __all__ = [

@@ -6,8 +6,8 @@ modules need to walk the tensors of a model's inputs and outputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 

@@ -222,7 +222,8 @@ def latency_section(results_dir: Path) -> list[str]:
                   f"`round_to={f.get('round_to', 8)}`; "
                   f"{f['rounds']} interleaved rounds; ONNX Runtime {env.get('onnxruntime')} with "
                   f"{env.get('threads')} intra-op thread(s). Efficiency = speedup ÷ MACs ratio.", "",
-                  "| model | batch | variant | params removed % | MACs ratio | speedup (p10–p90) | efficiency | target |",
+                  "| model | batch | variant | params removed % | MACs ratio | speedup (p10–p90) "
+                  "| efficiency | target |",
                   "|:--|--:|:--|--:|--:|--:|--:|:--|"]
         for name, m in f["models"].items():
             for p in m["result"]["pairs"]:

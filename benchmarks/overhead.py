@@ -41,11 +41,12 @@ ARMS = {
 def child(arm: str, steps: int, batch: int, threads: int | None) -> dict:
     if threads:
         torch.set_num_threads(threads)
+    from torch.utils.data import DataLoader, TensorDataset
+
     import attnprune
     from attnprune.methods.base import Budget, Context, Phase
     from attnprune.models import resnet56
     from attnprune.train.runner import Runner
-    from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(0)
     method_name, opts, phase_name = ARMS[arm]

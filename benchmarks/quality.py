@@ -41,8 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _arms import ARM_NAMES, GRIDS, arm, resolve_arms  # noqa: E402
 from _dense import CACHE, Setup  # noqa: E402
 from _jobs import arm_job, dense_job, init_worker  # noqa: E402
-from _records import (DirtyTreeError, append_record, done_keys, read_records, row_key,  # noqa: E402
-                      run_header)
+from _records import DirtyTreeError, append_record, done_keys, read_records, row_key, run_header  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -68,7 +67,8 @@ def parse(argv):
     ap.add_argument("--val-size", type=int, default=5000, help="validation images held out of the 60k (default 5000)")
     ap.add_argument("--eval", choices=("val", "test"), default="test", help="split the accuracy is measured on")
     ap.add_argument("--workers", type=int, default=None,
-                    help="worker processes running arms side by side, one torch thread each (default 2; 1 with --quick)")
+                    help="worker processes running arms side by side, one torch thread each "
+                         "(default 2; 1 with --quick)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     ap.add_argument("--allow-dirty", action="store_true", help="record from a tree with modified tracked files")
     ap.add_argument("--quick", action="store_true", help="a tiny smoke run (under a minute; results tagged -quick)")

@@ -127,7 +127,8 @@ class ConcatNet(nn.Module):
 class DepthwiseSeparableNet(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(conv_bn(3, 16), conv_bn(16, 16, groups=16), conv_bn(16, 24, k=1), conv_bn(24, 24, groups=24), conv_bn(24, 32, k=1))
+        self.body = nn.Sequential(conv_bn(3, 16), conv_bn(16, 16, groups=16), conv_bn(16, 24, k=1),
+                                  conv_bn(24, 24, groups=24), conv_bn(24, 32, k=1))
         self.head = nn.Linear(32, 10)
 
     def forward(self, x):
@@ -179,7 +180,8 @@ class BiasNoNormNet(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(24, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, 10),
+            nn.Conv2d(24, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 32), nn.ReLU(),
+            nn.Linear(32, 10),
         )
         with torch.no_grad():
             for m in self.body:
@@ -193,7 +195,8 @@ class BiasNoNormNet(nn.Module):
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 64), nn.ReLU(), nn.Linear(64, 48), nn.BatchNorm1d(48), nn.ReLU(), nn.Linear(48, 10))
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 64), nn.ReLU(), nn.Linear(64, 48),
+                                 nn.BatchNorm1d(48), nn.ReLU(), nn.Linear(48, 10))
 
     def forward(self, x):
         return self.net(x)

@@ -153,7 +153,8 @@ def test_trained_gates_are_removed_and_gated_equals_pruned():
 
 def test_fixed_threshold_reports_the_ratio_reached():
     torch.manual_seed(0)
-    r = attnprune.prune(ResidualNet(), synthetic_loader((3, 16, 16)), 0.5, method="abp", threshold_mode="fixed", t0=0.5, **FAST)
+    r = attnprune.prune(ResidualNet(), synthetic_loader((3, 16, 16)), 0.5, method="abp", threshold_mode="fixed",
+                        t0=0.5, **FAST)
     mr = r.report.method_report
     assert mr["threshold_mode"] == "fixed"
     assert mr["ratio_reached"] == pytest.approx(r.report.ratio_achieved)

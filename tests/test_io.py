@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from _util import random_masks, randomize_bn
 from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
 import attnprune.deploy.serialize as aio
 from attnprune.deploy.serialize import FORMAT, ModelFileError
 from attnprune.models import build_model, resnet20
+
+from _util import random_masks, randomize_bn
 
 
 def _pruned(name="resnet20", x=None, seed=0):

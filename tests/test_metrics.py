@@ -55,7 +55,8 @@ def _count_from_layer_shapes(model: nn.Module) -> int:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             kh, kw = m.kernel_size
-            total += m.out_channels * (m.in_channels // m.groups) * kh * kw + (m.out_channels if m.bias is not None else 0)
+            weights = m.out_channels * (m.in_channels // m.groups) * kh * kw
+            total += weights + (m.out_channels if m.bias is not None else 0)
         elif isinstance(m, nn.BatchNorm2d):
             total += 2 * m.num_features if m.affine else 0
         elif isinstance(m, nn.Linear):

@@ -40,7 +40,7 @@ def test_each_depth_builds_and_runs(depth):
 
 def test_named_constructors_match_registry():
     assert set(MODELS) == {f"resnet{d}" for d in VALID_DEPTHS}
-    for name, factory in MODELS.items():
+    for factory in MODELS.values():
         model = factory(num_classes=7, in_channels=1)
         assert isinstance(model, CifarResNet)
         assert model.fc.out_features == 7

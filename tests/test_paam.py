@@ -10,8 +10,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
-from attnprune.methods import Budget, Context, get_method
 from attnprune.core.filters import filter_rows
+from attnprune.methods import Budget, Context, get_method
 from attnprune.methods.paam import AttentionNet, leaky_exp
 from attnprune.models import resnet20
 from attnprune.train.runner import Runner

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
-from attnprune.train.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
 from attnprune.methods import Budget, available_methods, get_method
 from attnprune.models import resnet20
+from attnprune.train.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
 
 from _util import count_hooks
 

@@ -29,7 +29,7 @@ Modules: :mod:`~attnprune.cli.parser` (the parser),
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .common import PROG, CLIError
 from .parser import build_parser, method_in

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import argparse
 import ast
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..methods.options import OptionSpec, option_specs
 from .common import CLIError

@@ -50,7 +50,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                         "in_channels it accepts (default: %(default)s)")
     add("--weights", metavar="FILE", help="dense state dict to load into the model before pruning")
     add("--data", default="fashion-mnist",
-                   help="'fashion-mnist' or a folder with train/ and val/ ImageFolder subfolders (default: %(default)s)")
+                   help="'fashion-mnist' or a folder with train/ and val/ ImageFolder subfolders "
+                        "(default: %(default)s)")
     add("--data-root", metavar="DIR", help="folder holding the Fashion-MNIST IDX files "
                    "(default: $ATTNPRUNE_DATA, /usr/share/datasets/fashion-mnist, the cache)")
     add("--image-size", type=positive_int, metavar="N",

@@ -7,8 +7,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .common import CLIError, build_model_from_spec, info, model_kind, parse_device
 from .method_flags import DEST_PREFIX, method_options

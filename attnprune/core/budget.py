@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .cost import TARGETS, CostModel, check_target
 from ..errors import BudgetError
+from .cost import TARGETS, CostModel, check_target
 
 __all__ = ["BudgetResult", "select_channels", "normalize_scores", "TARGETS", "check_ratio", "check_target",
            "check_round_to", "tolerance", "round_step", "round_kept", "ramp", "reachable_ratio",

@@ -39,7 +39,8 @@ def check_target(target) -> str:
     return target
 
 _CONV = nn.modules.conv._ConvNd
-_COUNTED = (_CONV, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm, nn.PReLU)
+_COUNTED = (_CONV, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+            nn.GroupNorm, nn.LayerNorm, nn.PReLU)
 
 
 @dataclass(eq=False)

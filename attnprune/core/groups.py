@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -319,7 +319,8 @@ def discover_groups(model: nn.Module, example_inputs, ignored_layers=None) -> Gr
             continue
         n = len(tg[0].idxs)
         spans.sort(key=lambda s: (order[s.module], s.role))
-        first_producer = next((s.name for s in spans if s.role == "out" and isinstance(s.module, _PRODUCERS)), root_name)
+        first_producer = next((s.name for s in spans if s.role == "out" and isinstance(s.module, _PRODUCERS)),
+                              root_name)
         groups.append(
             ChannelGroup(
                 index=-1,
@@ -362,7 +363,8 @@ def discover_groups(model: nn.Module, example_inputs, ignored_layers=None) -> Gr
 def _place_gates(graph, groups: Sequence[ChannelGroup], name_of) -> list[GatePoint]:
     points: dict[nn.Module, GatePoint] = {}
     for g in groups:
-        norms_in_group = {s.module for s in g.spans if s.role == "out" and isinstance(s.module, NORM_TYPES + (nn.GroupNorm,))}
+        norms_in_group = {s.module for s in g.spans
+                          if s.role == "out" and isinstance(s.module, NORM_TYPES + (nn.GroupNorm,))}
         names = []
         for s in g.spans:
             if s.role != "out":

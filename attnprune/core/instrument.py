@@ -15,20 +15,20 @@ Example:
 from __future__ import annotations
 
 import weakref
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
 from .._modes import eval_mode
-from .cost import CostModel
 from ..errors import EquivalenceError
+from .cost import CostModel
 from .gates import MODES, GateSet
 from .groups import ChannelGroup, as_args, discover_groups, remove_channels
 
 __all__ = ["Instrumented", "instrument", "outputs_close"]
 
-_ACTIVE: "weakref.WeakKeyDictionary[nn.Module, Instrumented]" = weakref.WeakKeyDictionary()
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, Instrumented] = weakref.WeakKeyDictionary()
 
 
 def _flatten_tensors(out) -> list[torch.Tensor]:
@@ -269,7 +269,7 @@ class Instrumented:
         _restore_modes(self._modes)
         self._state = "removed"
 
-    def __enter__(self) -> "Instrumented":
+    def __enter__(self) -> Instrumented:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -4,6 +4,7 @@ Importing this package registers every built-in method; ``available_methods()``
 lists them and the CLI takes its ``--method`` choices from the registry.
 """
 
+from . import abp, aswl, aswl_structured, baselines, iterative, paam, sbf  # noqa: F401  (registration)
 from .base import (
     METHODS,
     Budget,
@@ -16,7 +17,6 @@ from .base import (
     make_config,
     register_method,
 )
-from . import abp, aswl, aswl_structured, baselines, iterative, paam, sbf  # noqa: F401  (registration)
 
 __all__ = [
     "METHODS",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from ..core.budget import BudgetResult
 from .base import register_method
 from .options import option

@@ -16,8 +16,8 @@ to the normal quantile 1.96. No statistics library is needed.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 __all__ = ["T975", "PairedComparison", "paired_difference", "t_quantile", "VERDICTS"]
 

@@ -48,8 +48,8 @@ from typing import Any
 
 import torch
 
-from . import distributed as dist_util
 from .._files import atomic_file
+from . import distributed as dist_util
 
 __all__ = ["CHECKPOINT_NAME", "atomic_save", "load_checkpoint", "rng_state", "set_rng_state",
            "loader_generators", "plain", "Checkpointer"]

@@ -13,13 +13,13 @@ import warnings
 import torch
 import torch.nn as nn
 
-from . import distributed as dist_util
-from .._modes import eval_mode
 from .._batch import call_model, to_device as _to, unpack_batch
+from .._modes import eval_mode
 from ..core.budget import check_reachable as check_reachable_ratio
 from ..core.instrument import Instrumented
 from ..methods import available_methods
 from ..methods.base import Budget
+from . import distributed as dist_util
 
 __all__ = [
     "check_model",

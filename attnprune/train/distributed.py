@@ -25,7 +25,8 @@ Every function here is a no-op (or the identity) when no process group is active
 from __future__ import annotations
 
 import socket
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -18,17 +18,17 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch.nn as nn
 
-from . import checks
-from . import distributed as dist_util
 from .._batch import to_device as _to, unpack_batch
 from ..core.budget import check_ratio, check_round_to, check_target
 from ..core.instrument import instrument
 from ..methods import get_method, make_config
 from ..methods.base import Budget, Context, Phase, PruningMethod
+from . import checks, distributed as dist_util
 from .checkpoint import Checkpointer, plain
 from .result import GroupReport, PruneReport, PruneResult
 from .runner import Runner, evaluate

@@ -24,18 +24,18 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .._modes import eval_mode
 from .._batch import call_model as _call, to_device as _to, unpack_batch
-from . import distributed as dist_util
+from .._modes import eval_mode
 from ..errors import AttnpruneError
 from ..methods.base import Phase, PruningMethod
+from . import distributed as dist_util
 from .seeding import seed_epoch
 
 __all__ = ["Runner", "evaluate", "TrainingDivergedError", "EpochRecord"]

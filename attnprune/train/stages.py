@@ -23,15 +23,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch.nn as nn
 
-from . import distributed as dist_util
 from ..core.budget import BudgetResult
 from ..core.instrument import Instrumented
 from ..methods.base import Phase, PruningMethod
+from . import distributed as dist_util
 from .checkpoint import Checkpointer, plain
 from .runner import EpochRecord, Runner
 

@@ -32,7 +32,8 @@ loader = DataLoader(TensorDataset(x, y), batch_size=16)
 result = attnprune.prune(model, loader, ratio=0.4, method="l1", warmup_epochs=1, finetune_epochs=1,
                          example_inputs=x[:1], progress=False, seed=0)
 pruned = result.model.eval()
-attnprune.io.save(pruned, f"{out}/v0.1_model.pt", base=toy, pruning_history=result.pruning_history, example_inputs=x[:1])
+attnprune.io.save(pruned, f"{out}/v0.1_model.pt", base=toy, pruning_history=result.pruning_history,
+                  example_inputs=x[:1])
 probe = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
 with torch.no_grad():
     expected = pruned(probe)
