@@ -119,7 +119,7 @@ BAD_INPUT = {
                                  r"loader's inputs cannot be fed to the model"),
     "example_inputs_do_not_fit": (dict(example_inputs=torch.randn(1, 3, 16, 16)), ValueError,
                                   r"example_inputs cannot be fed to the model"),
-    "example_inputs_not_tensors": (dict(example_inputs="x"), TypeError, r"example_inputs must be a tensor"),
+    "example_inputs_not_tensors": (dict(example_inputs="x"), TypeError, r"example_inputs must be a torch.Tensor"),
     "targets_out_of_range": (dict(loader=[(x16(), y10(hi=1) + 50)]), ValueError,
                              r"loss_fn\(outputs, targets\) fails.*\[0, number of outputs\)"),
     "loss_not_scalar": (dict(loss_fn=lambda o, y: F.cross_entropy(o, y, reduction="none")), TypeError,

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from .._modes import eval_mode
+from .._tree import as_inputs
 from ..errors import UnsupportedModelError
 from .ignored import resolve_ignored
 
@@ -43,7 +44,6 @@ __all__ = [
     "pruning_group",
     "remove_channels",
     "sole_norm_after",
-    "as_args",
     "NORM_TYPES",
     "POOL_TYPES",
 ]
@@ -53,18 +53,6 @@ NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._Instance
 #: Norms that mix channels: zeroing a channel is not removing it.
 _MIXING_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 _PRODUCERS = (nn.modules.conv._ConvNd, nn.Linear)
-
-
-def as_args(example_inputs) -> tuple:
-    """Normalise example inputs to the positional-argument tuple of ``model(*args)``."""
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)) and example_inputs:
-        return tuple(example_inputs)
-    raise TypeError(
-        "example_inputs must be a tensor or a non-empty tuple of positional inputs, "
-        f"got {type(example_inputs).__name__}"
-    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -265,7 +253,7 @@ def discover_groups(model: nn.Module, example_inputs, ignored_layers=None) -> Gr
         UnsupportedModelError: torch-pruning cannot trace the model, or no group
             remains.
     """
-    args = as_args(example_inputs)
+    args = as_inputs(example_inputs, tensors_only=False)
     ignored = resolve_ignored(model, ignored_layers)
     graph, pools = build_graph(model, args)
     name_of = {m: n for n, m in model.named_modules()}

@@ -21,24 +21,15 @@ import torch
 import torch.nn as nn
 
 from .._modes import eval_mode
+from .._tree import as_inputs, flatten_tensors
 from ..errors import EquivalenceError
 from .cost import CostModel
 from .gates import MODES, GateSet
-from .groups import ChannelGroup, as_args, discover_groups, remove_channels
+from .groups import ChannelGroup, discover_groups, remove_channels
 
 __all__ = ["Instrumented", "instrument", "outputs_close"]
 
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, Instrumented] = weakref.WeakKeyDictionary()
-
-
-def _flatten_tensors(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _flatten_tensors(o)]
-    return []
 
 
 def outputs_close(ref, out, rtol: float = 1e-4) -> tuple[bool, float]:
@@ -47,8 +38,8 @@ def outputs_close(ref, out, rtol: float = 1e-4) -> tuple[bool, float]:
     Returns:
         ``(ok, error)`` where ``error = max|ref - out| / max|ref|``.
     """
-    a = [t.detach() for t in _flatten_tensors(ref)]
-    b = [t.detach() for t in _flatten_tensors(out)]
+    a = [t.detach() for t in flatten_tensors(ref)]
+    b = [t.detach() for t in flatten_tensors(out)]
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         return False, float("inf")
     err, scale = 0.0, 0.0
@@ -82,7 +73,7 @@ class Instrumented:
                 "existing Instrumented object first"
             )
         self.model = model
-        self._args = as_args(example_inputs)
+        self._args = as_inputs(example_inputs, tensors_only=False)
         self._modes = {m: m.training for m in model.modules()}
         self._check_inputs()
         info = discover_groups(model, self._args, ignored_layers)

@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._tree import as_inputs
 from ..core.cost import CostModel, LayerCost
-from ..core.groups import as_args
 from ..core.instrument import Instrumented
 from .export import PROVIDERS
 from .latency_cache import cache_key, load_cached, save_cached
@@ -322,7 +322,7 @@ def build_latency_model(
     elif isinstance(inst_or_cost, CostModel):
         if model is None or example_inputs is None:
             raise ValueError("a CostModel needs model= and example_inputs= (the model it counts and one batch)")
-        cost, args = inst_or_cost, as_args(example_inputs)
+        cost, args = inst_or_cost, as_inputs(example_inputs, tensors_only=False)
     else:
         raise TypeError(f"inst_or_cost must be an Instrumented model or a CostModel, got {type(inst_or_cost).__name__}")
 

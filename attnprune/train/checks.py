@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from .._batch import call_model, to_device as _to, unpack_batch
 from .._modes import eval_mode
+from .._tree import as_inputs, flatten_tensors
 from ..core.budget import check_reachable as check_reachable_ratio
 from ..core.instrument import Instrumented
 from ..methods import available_methods
@@ -34,12 +35,10 @@ __all__ = [
     "resolve_trained",
     "check_iterable",
     "first_batch",
-    "tensors",
     "example_from",
     "first_targets",
     "check_feeds",
     "check_reachable",
-    "check_example_tensors",
     "check_distributed_loader",
 ]
 
@@ -69,7 +68,7 @@ def resolve_example_inputs(example_inputs, first_x):
     """The tracing inputs: ``example_inputs`` checked, or the loader's first sample."""
     if example_inputs is None:
         return example_from(first_x)
-    check_example_tensors(example_inputs)
+    as_inputs(example_inputs)  # a tensor or a non-empty tuple of tensors, else TypeError
     return example_inputs
 
 
@@ -152,23 +151,13 @@ def first_batch(loader):
     except StopIteration:
         raise ValueError("the loader is empty; it must yield (inputs, targets) pairs") from None
     x, y = unpack_batch(batch)
-    for t in tensors(x) + tensors(y):
+    for t in flatten_tensors(x) + flatten_tensors(y):
         if t.device.type == "meta":
             raise ValueError(
                 "the loader yields tensors on the meta device, which hold no values; "
                 "it must yield real (inputs, targets) tensors (they are moved to the training device)"
             )
     return x, y
-
-
-def tensors(x) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (tuple, list)):
-        return [t for v in x for t in tensors(v)]
-    if isinstance(x, dict):
-        return [t for v in x.values() for t in tensors(v)]
-    return []
 
 
 def example_from(inputs, n: int = 1):
@@ -231,18 +220,6 @@ def check_reachable(inst: Instrumented, budget: Budget) -> None:
         BudgetError: naming the largest reachable ratio.
     """
     check_reachable_ratio(inst.cost, budget.ratio, budget.target, round_to=budget.round_to)
-
-
-def check_example_tensors(example_inputs) -> None:
-    if isinstance(example_inputs, torch.Tensor):
-        return
-    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
-            isinstance(t, torch.Tensor) for t in example_inputs):
-        return
-    raise TypeError(
-        "example_inputs must be a tensor or a non-empty tuple of tensors (positional inputs), "
-        f"got {type(example_inputs).__name__}"
-    )
 
 
 def check_distributed_loader(loader, steps: int | None) -> None:
