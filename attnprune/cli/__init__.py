@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 from .common import PROG, CLIError
 from .parser import build_parser, method_in
+from .wording import cli_wording
 
 __all__ = ["main", "build_parser", "CLIError"]
 
@@ -62,13 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CLIError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {cli_wording(str(exc))}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as exc:  # bad budget, options, model, data
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {cli_wording(str(exc))}", file=sys.stderr)
         return 2
     except AttnpruneError as exc:
-        print(f"{PROG}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {type(exc).__name__}: {cli_wording(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

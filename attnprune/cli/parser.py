@@ -7,6 +7,7 @@ import argparse
 from .common import PROG, int_list, nonneg_int, positive_int
 from .deploy_commands import run_bench, run_export, run_report
 from .method_flags import add_method_flags, method_in, parse_option
+from .methods_command import run_methods
 from .prune_command import run_prune
 
 __all__ = ["build_parser", "method_in"]
@@ -37,7 +38,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                        description="Prune a model on a dataset; write model.pt, model.onnx, report.json, "
                                    "report.md and figures into --out (atomically: all or nothing). "
                                    "The method's options are flags of their own: see "
-                                   "'attnprune prune --method NAME --help'.")
+                                   "'attnprune prune --method NAME --help', and 'attnprune methods' "
+                                   "for every method, its paper and its options.")
     taken: set[str] = {"-h", "--help"}
 
     def add(*flags, **kwargs):
@@ -54,6 +56,9 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     add("--data-root", metavar="DIR", help="folder holding the Fashion-MNIST IDX files "
                    "(default: $ATTNPRUNE_DATA, /usr/share/datasets/fashion-mnist, the cache)")
+    add("--download", action="store_true",
+                   help="download Fashion-MNIST with torchvision into the cache when it is not found "
+                        "(needs internet access)")
     add("--image-size", type=positive_int, metavar="N",
                    help="resize images to NxN (ImageFolder default 224; Fashion-MNIST default 28)")
     add("--train-subset", type=positive_int, metavar="N", help="use N training samples")
@@ -84,6 +89,12 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     add("--quiet", action="store_true", help="no progress bars or status messages")
     method = DEFAULT_METHOD if method is None else method
     p.set_defaults(func=run_prune, method_specs=add_method_flags(p, method, taken))
+
+    p = sub.add_parser("methods", help="list the pruning methods, their papers and options",
+                       description="List each registered pruning method with its paper and its options "
+                                   "(type, default, valid values, one line of help).")
+    p.add_argument("name", nargs="?", metavar="NAME", help="only this method")
+    p.set_defaults(func=run_methods)
 
     p = sub.add_parser("export", help="export a saved model.pt to ONNX",
                        description="Reload a model.pt and export it to ONNX with an ONNX Runtime parity check.")

@@ -14,7 +14,7 @@ from typing import Any
 from .common import CLIError, build_model_from_spec, info, model_kind, parse_device
 from .method_flags import DEST_PREFIX, method_options
 
-__all__ = ["run_prune", "MappedLoader", "input_transform", "load_weights", "loaders"]
+__all__ = ["run_prune", "MappedLoader", "input_transform", "load_weights", "loaders", "written_files"]
 
 
 class MappedLoader:
@@ -70,7 +70,7 @@ def loaders(args: argparse.Namespace):
     try:
         train, test = fashion_mnist_loaders(
             args.data_root, batch_size=args.batch_size, train_subset=args.train_subset,
-            test_subset=args.test_subset, seed=args.seed,
+            test_subset=args.test_subset, seed=args.seed, download=args.download,
         )
     except DatasetNotFoundError as exc:
         raise CLIError(f"--data-root: {exc}") from None
@@ -139,6 +139,24 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {**options, **generic}
 
 
+def _say_resume(args: argparse.Namespace) -> None:
+    """With ``--resume``: say where the run continues from, or that it starts afresh."""
+    from ..train.checkpoint import CHECKPOINT_NAME
+
+    if not args.resume:
+        return
+    path = Path(args.checkpoint_dir) / CHECKPOINT_NAME
+    if path.is_file():
+        info(args, f"resuming from {path}")
+    else:
+        info(args, f"--resume: no checkpoint at {path} yet; starting from the beginning")
+
+
+def written_files(folder: Path) -> list[str]:
+    """The files under ``folder``, relative and sorted (the final ``wrote`` line)."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
 def run_prune(args: argparse.Namespace) -> int:
     """The ``prune`` subcommand (see ``attnprune prune --help``)."""
     import torch
@@ -185,6 +203,7 @@ def run_prune(args: argparse.Namespace) -> int:
         train, test = MappedLoader(train, fn), MappedLoader(test, fn)
     example = next(iter(train))[0][:1].detach().cpu()
 
+    _say_resume(args)
     info(args, f"pruning {args.model} with {args.method}: remove {100 * args.ratio:g}% of {args.target}")
     result = pipeline.prune(
         model, train, ratio=args.ratio, method=args.method, target=args.target,
@@ -216,5 +235,5 @@ def run_prune(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(result.report.summary())
-    print(f"wrote {out}/: model.pt, model.onnx, report.md, report.json")
+    print(f"wrote {out}/: {', '.join(written_files(out))}")
     return 0

@@ -201,6 +201,10 @@ class ABPMethod(PruningMethod):
     """ABP (Tian et al. 2021): binary auxiliary attention per channel, one-stage training."""
 
     config_class = ABPConfig
+    paper = (
+        'G. Tian et al., "Adding Before Pruning: Sparse Filter Fusion for Deep Convolutional Neural '
+        'Networks via Auxiliary Attention", IEEE TNNLS, 2021'
+    )
     normalize = None  # |m| starts at mean 1 in every group and trains on that scale
     state_attributes = ("initialized", "step", "current_ratio", "_t", "group_t", "_selection",
                         "_selection_ratio", "_initial_masks", "exceptions", "changes")

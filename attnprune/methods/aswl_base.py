@@ -114,6 +114,10 @@ class ASWLBase(PruningMethod):
     """
 
     config_class = ASWLConfig
+    paper = (
+        'Q. He, W. Shi, M. Dong, "Learning Pruned Structure and Weights Simultaneously from Scratch: '
+        'an Attention Based Approach", arXiv:2111.02399, 2022'
+    )
     normalize = None
     state_attributes = ("step", "beta", "current_ratio", "beta_history", "final_beta")
 

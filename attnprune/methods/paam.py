@@ -180,6 +180,10 @@ class PAAMMethod(PruningMethod):
     """PAAM (Babaiee et al. 2022): attention over filter weights, alternating AN/CNN training."""
 
     config_class = PAAMConfig
+    paper = (
+        'Z. Babaiee, L. Liebenwein, R. Hasani, D. Rus, R. Grosu, '
+        '"Pruning by Active Attention Manipulation", preprint, 2022'
+    )
     normalize = None  # every group's scores live on one scale, trained by one cost-weighted L1
     #: The controller's step: lam is multiplied or divided by (1 + gain) each AN step.
     gain = 0.05

@@ -41,6 +41,10 @@ class SbFMethod(PAAMMethod):
     """SbF-Pruner: vanilla PAAM attention with a fixed 0.5 threshold."""
 
     config_class = SbFConfig
+    paper = (
+        'Z. Babaiee, L. Liebenwein, R. Hasani, D. Rus, R. Grosu, '
+        '"End-to-End Sensitivity-Based Filter Pruning", preprint, 2022'
+    )
 
     def setup(self) -> None:
         super().setup()
