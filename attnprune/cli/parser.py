@@ -116,7 +116,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                         "architecture recorded in --pruned, randomly initialised)")
     p.add_argument("--base", metavar="SPEC", help="base architecture for files saved with a user-defined one")
     p.add_argument("--input-shape", type=int_list, metavar="N,C,H,W",
-                   help="example input shape (default: recorded in --pruned)")
+                   help="example input shape (default: recorded in --pruned; for an .onnx --pruned, "
+                        "read from the file when only the batch dimension is dynamic)")
     p.add_argument("--num-classes", type=positive_int, metavar="N",
                    help="classes of a --dense given by name (default: recorded in --pruned, else 10)")
     p.add_argument("--batch-sizes", type=int_list, default=[1], metavar="B1,B2",

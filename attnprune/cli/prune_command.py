@@ -13,6 +13,7 @@ from typing import Any
 
 from .common import CLIError, build_model_from_spec, info, model_kind, parse_device
 from .method_flags import DEST_PREFIX, method_options
+from .weights import load_weights
 
 __all__ = ["run_prune", "MappedLoader", "input_transform", "load_weights", "loaders", "written_files"]
 
@@ -77,29 +78,6 @@ def loaders(args: argparse.Namespace):
     except ValueError as exc:
         raise CLIError(_subset_flags(exc)) from None
     return train, test, NUM_CLASSES, 1
-
-
-def load_weights(model, path: str) -> None:
-    """``--weights``: load a dense state dict (``weights_only``) into ``model``, strictly."""
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"--weights: file not found: {path}")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CLIError(f"--weights: cannot read {path} with torch.load(weights_only=True): {exc}") from None
-    if isinstance(state, dict) and "format" in state and "pruning_history" in state:
-        raise CLIError(f"--weights: {path} is a pruned attnprune model; --weights expects a dense state dict")
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CLIError(f"--weights: {path} must hold a state dict, got {type(state).__name__}")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CLIError(f"--weights: {path} does not fit the model: {str(exc).splitlines()[0]}") from None
 
 
 def _check_out_folder(out: Path, overwrite: bool) -> None:
@@ -196,7 +174,10 @@ def run_prune(args: argparse.Namespace) -> int:
     train, test, num_classes, in_channels = loaders(args)
     model, base_kwargs = build_model_from_spec(args.model, num_classes, in_channels)
     if args.weights:
-        load_weights(model, args.weights)
+        head = load_weights(model, args.weights)
+        if head:
+            info(args, f"--weights: the output layer does not fit ({'; '.join(head)}); "
+                       "it keeps its fresh initialisation")
     expand = kind == "name" and in_channels == 1 and needs_rgb(args.model)
     fn = input_transform(expand, args.image_size if args.data == "fashion-mnist" else None)
     if fn is not None:
