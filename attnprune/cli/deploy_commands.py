@@ -50,6 +50,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from .._files import write_text
     from ..deploy.bench import benchmark
     from ..deploy.serialize import load_base
+    from ..models import is_factory_spec
 
     pruned_is_file = Path(args.pruned).suffix.lower() != ".onnx"
     header = read_model_info(args.pruned, "--pruned") if pruned_is_file else None
@@ -69,7 +70,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.dense is not None:
         dense = _bench_entry(args.dense, "--dense", args.base, num_classes, in_channels)
     elif header is not None:
-        if args.base is None and (header["base"] is None or ":" in header["base"]):
+        if args.base is None and (header["base"] is None or is_factory_spec(header["base"])):
             raise CLIError(f"--dense or --base is required: {args.pruned} records no registered base name")
         try:
             dense = load_base(args.pruned, base=args.base)

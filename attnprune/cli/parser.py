@@ -48,8 +48,10 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
 
     add("--model", default="resnet20",
                    help="resnet20/32/44/56/110, any torchvision classification name (resnet18, "
-                        "mobilenet_v2, ...) or a factory module:function called with the num_classes and "
-                        "in_channels it accepts (default: %(default)s)")
+                        "mobilenet_v2, ...), a timm model as timm:NAME (timm:resnet18; needs "
+                        "pip install attnprune[timm]; built with pretrained=False, so load weights with "
+                        "--weights), or a factory module:function called with the num_classes and "
+                        "in_channels (timm: in_chans) it takes (default: %(default)s)")
     add("--weights", metavar="FILE", help="dense state dict to load into the model before pruning")
     add("--data", default="fashion-mnist",
                    help="'fashion-mnist' or a folder with train/ and val/ ImageFolder subfolders "

@@ -145,7 +145,7 @@ def run_prune(args: argparse.Namespace) -> int:
     from ..deploy.export import export_onnx
     from ..deploy.serialize import save
     from ..methods import get_method, make_config
-    from ..models import needs_rgb
+    from ..models import first_conv_channels
     from ..report.markdown import write_report
     from ..train import pipeline
 
@@ -167,7 +167,7 @@ def run_prune(args: argparse.Namespace) -> int:
         make_config(get_method(args.method), options)
     except (TypeError, ValueError) as exc:
         raise CLIError(f"--option: {exc}") from None
-    kind = model_kind(args.model)
+    model_kind(args.model)  # fail early on a bad --model
     device = parse_device(args.device)
 
     info(args, f"loading data ({args.data})")
@@ -178,7 +178,7 @@ def run_prune(args: argparse.Namespace) -> int:
         if head:
             info(args, f"--weights: the output layer does not fit ({'; '.join(head)}); "
                        "it keeps its fresh initialisation")
-    expand = kind == "name" and in_channels == 1 and needs_rgb(args.model)
+    expand = in_channels == 1 and first_conv_channels(model) == 3  # torchvision takes RGB only
     fn = input_transform(expand, args.image_size if args.data == "fashion-mnist" else None)
     if fn is not None:
         train, test = MappedLoader(train, fn), MappedLoader(test, fn)
