@@ -205,3 +205,69 @@ def test_no_docstring_cites_shared_files():
     methods_md = (ROOT / "docs" / "methods.md").read_text(encoding="utf-8")
     for cited in ("Babaiee", "Tian", "He, Shi and Dong", "doi:10.1109/TNNLS.2021.3106917", "arXiv:2111.02399"):
         assert cited in methods_md
+
+
+# -- ImageFolder data flags --------------------------------------------------------
+
+def _tree(root: Path, splits=("train",), per_class=5) -> Path:
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split in splits:
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 255, (10, 12, 3), generator=gen, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+    return root
+
+
+def _capture_loaders(monkeypatch):
+    seen = {}
+
+    def stop(model, loader, eval_loader=None, **kw):
+        seen["train"], seen["eval"] = loader, eval_loader
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(attnprune.train.pipeline, "prune", stop)
+    return seen
+
+
+def test_image_folder_flags_reach_the_loaders(tmp_path, capsys, monkeypatch):
+    data = _tree(tmp_path / "imgs")
+    seen = _capture_loaders(monkeypatch)
+    base = ["prune", "--model", "resnet20", "--data", str(data), "--image-size", "8", "--batch-size", "4",
+            "--method", "l1", "--quiet"]
+    assert cli.main([*base, "--val-fraction", "0.2", "--workers", "1", "--no-augment", "--normalize", "none",
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "stop here" in capsys.readouterr().err
+    train, val = seen["train"], seen["eval"]
+    assert len(train.dataset) == 8 and len(val.dataset) == 2 and train.num_workers == 1
+    x = next(iter(train))[0]
+    assert float(x.min()) >= 0 and float(x.max()) <= 1  # --normalize none
+    assert torch.equal(train.dataset[0][0], train.dataset[0][0])  # --no-augment
+
+    assert cli.main([*base, "--val-fraction", "2", "--out", str(tmp_path / "o")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--val-fraction must be a number in (0, 1)" in line
+
+
+def test_normalize_auto_is_imagenet_for_trained_torchvision_models():
+    from argparse import Namespace
+
+    from attnprune.cli.prune_command import image_normalization
+
+    def choose(model, trained, normalize="auto"):
+        return image_normalization(Namespace(model=model, trained=trained, normalize=normalize))
+
+    assert choose("resnet18", True) == "imagenet" and choose("torchvision.models:resnet18", True) == "imagenet"
+    assert choose("resnet18", False) == "sample" and choose("resnet20", True) == "sample"
+    assert choose("resnet20", True, "imagenet") == "imagenet"
+
+
+def test_prune_help_documents_the_data_flags(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["prune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--normalize", "--no-augment", "--val-fraction", "--workers", "--download"):
+        assert flag in text

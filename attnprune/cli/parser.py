@@ -54,7 +54,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                         "in_channels (timm: in_chans) it takes (default: %(default)s)")
     add("--weights", metavar="FILE", help="dense state dict to load into the model before pruning")
     add("--data", default="fashion-mnist",
-                   help="'fashion-mnist' or a folder with train/ and val/ ImageFolder subfolders "
+                   help="'fashion-mnist' or an ImageFolder root: train/<class>/* images and optionally "
+                        "val/<class>/* (without val/, --val-fraction of train/ is held out) "
                         "(default: %(default)s)")
     add("--data-root", metavar="DIR", help="folder holding the Fashion-MNIST IDX files "
                    "(default: $ATTNPRUNE_DATA, /usr/share/datasets/fashion-mnist, the cache)")
@@ -63,6 +64,18 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                         "(needs internet access)")
     add("--image-size", type=positive_int, metavar="N",
                    help="resize images to NxN (ImageFolder default 224; Fashion-MNIST default 28)")
+    add("--normalize", choices=["auto", "imagenet", "sample", "none"], default="auto",
+                   help="ImageFolder normalisation: ImageNet mean/std, mean/std computed from 256 training "
+                        "images, or none; auto = imagenet with --trained and a torchvision/timm model "
+                        "(ImageNet weights), else sample (default: %(default)s)")
+    add("--no-augment", dest="augment", action="store_false",
+                   help="ImageFolder: no training augmentation (by default training images get a random "
+                        "resized crop and a horizontal flip; validation images are only resized)")
+    add("--val-fraction", type=float, metavar="F",
+                   help="ImageFolder without val/: fraction of train/ held out for validation, in (0, 1), "
+                        "the same images for every --seed (default: 0.1)")
+    add("--workers", type=nonneg_int, default=0, metavar="N",
+                   help="data loader worker processes (default: %(default)s)")
     add("--train-subset", type=positive_int, metavar="N", help="use N training samples")
     add("--test-subset", type=positive_int, metavar="N", help="use N evaluation samples")
     add("--batch-size", type=positive_int, default=128, metavar="N", help="default: %(default)s")

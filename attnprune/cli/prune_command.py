@@ -15,7 +15,8 @@ from .common import CLIError, build_model_from_spec, info, model_kind, parse_dev
 from .method_flags import DEST_PREFIX, method_options
 from .weights import load_weights
 
-__all__ = ["run_prune", "MappedLoader", "input_transform", "load_weights", "loaders", "written_files"]
+__all__ = ["run_prune", "MappedLoader", "input_transform", "load_weights", "loaders", "written_files",
+           "image_normalization"]
 
 
 class MappedLoader:
@@ -50,7 +51,26 @@ def input_transform(expand_rgb: bool, size: int | None) -> Callable | None:
 
 
 def _subset_flags(exc: Exception) -> str:
-    return str(exc).replace("train_subset", "--train-subset").replace("test_subset", "--test-subset")
+    from .wording import cli_wording
+
+    return cli_wording(str(exc))
+
+
+def image_normalization(args: argparse.Namespace) -> str:
+    """``--normalize``; ``auto`` is ImageNet's with ``--trained`` and a torchvision or timm model."""
+    from ..models import is_factory_spec, needs_rgb
+
+    if args.normalize != "auto":
+        return args.normalize
+    spec = args.model
+    if is_factory_spec(spec):
+        imagenet_library = spec.split(".")[0].split(":")[0] in ("torchvision", "timm")
+    else:
+        try:
+            imagenet_library = spec.startswith("timm:") or needs_rgb(spec)
+        except ValueError:
+            imagenet_library = False
+    return "imagenet" if args.trained and imagenet_library else "sample"
 
 
 def loaders(args: argparse.Namespace):
@@ -61,7 +81,9 @@ def loaders(args: argparse.Namespace):
         try:
             train, val, num_classes = image_folder_loaders(
                 args.data, image_size=args.image_size or 224, batch_size=args.batch_size,
-                train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
+                train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
+                normalize=image_normalization(args), augment=args.augment, num_workers=args.workers,
+                val_fraction=args.val_fraction)
         except DatasetNotFoundError as exc:
             raise CLIError(f"--data: neither 'fashion-mnist' nor an ImageFolder root: {exc}") from None
         except ValueError as exc:
@@ -71,7 +93,7 @@ def loaders(args: argparse.Namespace):
     try:
         train, test = fashion_mnist_loaders(
             args.data_root, batch_size=args.batch_size, train_subset=args.train_subset,
-            test_subset=args.test_subset, seed=args.seed, download=args.download,
+            test_subset=args.test_subset, seed=args.seed, download=args.download, num_workers=args.workers,
         )
     except DatasetNotFoundError as exc:
         raise CLIError(f"--data-root: {exc}") from None
