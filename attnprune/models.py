@@ -333,8 +333,12 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
 
 
 def is_model_name(name: object) -> bool:
-    """Whether :func:`build_model` knows ``name`` (the package's models, torchvision's, installed timm's)."""
-    return isinstance(name, str) and (name in MODELS or is_timm_model(name) or name in torchvision_model_names())
+    """Whether ``name`` names a model of :func:`build_model`: the package's, torchvision's, or ``timm:NAME``.
+
+    Any ``timm:NAME`` counts as a name (not a factory to import); building it says
+    when timm is not installed or does not know ``NAME``.
+    """
+    return isinstance(name, str) and (name in MODELS or is_timm_spec(name) or name in torchvision_model_names())
 
 
 def first_conv_channels(model: nn.Module) -> int | None:
