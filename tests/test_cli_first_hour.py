@@ -126,6 +126,13 @@ def test_prune_with_another_head_says_so(tmp_path, capsys, monkeypatch):
     assert rc == 2 and seen["fc"] == 10
     assert "output layer does not fit (fc.weight: file (1000, 64), model (10, 64)" in err
 
+    prefixed = {f"module.{k}": v for k, v in resnet20(in_channels=1).state_dict().items()}
+    torch.save(prefixed, tmp_path / "ddp.pt")
+    rc = cli.main(["prune", "--model", "resnet20", "--weights", str(tmp_path / "ddp.pt"), "--train-subset", "64",
+                   "--test-subset", "64", "--method", "l1", "--quiet", "--out", str(tmp_path / "o")])
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and "--weights:" in line and "missing keys" in line and "'module.'" in line
+
 
 # -- --input-shape -----------------------------------------------------------------
 

@@ -6,6 +6,11 @@ Examples:
 
         attnprune prune --model resnet20 --ratio 0.5 --method paam --out run
 
+    List the methods, their papers and options (types, defaults, one line each)::
+
+        attnprune methods
+        attnprune methods paam
+
     A method's options are typed flags (``attnprune prune --method paam --help``
     lists them with their defaults)::
 
@@ -22,8 +27,10 @@ valid choices), 1 for other failures, 130 when interrupted.
 
 Modules: :mod:`~attnprune.cli.parser` (the parser),
 :mod:`~attnprune.cli.method_flags` (typed flags from the option schema),
-:mod:`~attnprune.cli.prune_command`, :mod:`~attnprune.cli.deploy_commands`
-(export, bench, report) and :mod:`~attnprune.cli.common`.
+:mod:`~attnprune.cli.prune_command`, :mod:`~attnprune.cli.weights` (``--weights``),
+:mod:`~attnprune.cli.deploy_commands` (export, bench, report),
+:mod:`~attnprune.cli.shapes` (``--input-shape``), :mod:`~attnprune.cli.methods_command`,
+:mod:`~attnprune.cli.wording` (library messages in CLI words) and :mod:`~attnprune.cli.common`.
 """
 
 from __future__ import annotations
