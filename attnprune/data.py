@@ -21,9 +21,10 @@ torchvision uses). Compressed files are decompressed once into the cache
 directory. Only when ``download=True`` is passed, and nothing was found, are
 the files downloaded with :class:`torchvision.datasets.FashionMNIST`.
 
-:func:`image_folder_loaders` reads any other image data set laid out as
-``root/train/<class>/*.png`` and ``root/val/<class>/*.png`` (what ``attnprune
-prune --data DIR`` takes).
+:func:`image_folder_loaders` (:mod:`attnprune.image_folder`) reads any other
+image data set laid out as ``root/train/<class>/*.png`` and, optionally,
+``root/val/<class>/*.png`` (what ``attnprune prune --data DIR`` takes), with
+normalisation, training augmentation and a validation split.
 
 Example:
     >>> from attnprune.data import fashion_mnist_loaders
@@ -263,58 +264,4 @@ def fashion_mnist_loaders(
     return train_loader, test_loader
 
 
-def image_folder_loaders(
-    root: str | os.PathLike,
-    *,
-    image_size: int = 224,
-    batch_size: int = 128,
-    train_subset: int | None = None,
-    test_subset: int | None = None,
-    seed: int = 0,
-) -> tuple[DataLoader, DataLoader, int]:
-    """Train and validation loaders of an ImageFolder tree ``root/train`` and ``root/val``.
-
-    Args:
-        root: A folder with ``train/`` and ``val/`` subfolders, each holding one
-            folder of images per class (the same classes in both).
-        image_size: Images are resized to ``image_size x image_size`` (RGB tensors in [0, 1]).
-        batch_size: Samples per batch for both loaders.
-        train_subset: If given, use only this many training samples (a permutation
-            seeded with ``seed``).
-        test_subset: Likewise for the validation split.
-        seed: Seeds the subsets and the training loader's shuffle.
-
-    Returns:
-        ``(train_loader, val_loader, num_classes)``.
-
-    Raises:
-        DatasetNotFoundError: ``root``, ``train/`` or ``val/`` is missing, or a split
-            holds no images.
-        ValueError: The splits hold different classes, or a subset is larger than
-            its split.
-    """
-    from torchvision import datasets, transforms
-
-    check_int("image_size", image_size, 1)
-    check_int("batch_size", batch_size, 1)
-    check_int("seed", seed, 0)
-    folder = Path(root)
-    missing = [s for s in ("train", "val") if not (folder / s).is_dir()]
-    if not folder.is_dir() or missing:
-        raise DatasetNotFoundError(
-            f"{str(root)!r} is not a folder with train/ and val/ ImageFolder subfolders "
-            f"(missing: {', '.join(missing) if folder.is_dir() else 'the folder itself'})")
-    tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()])
-    try:
-        train = datasets.ImageFolder(str(folder / "train"), transform=tf)
-        val = datasets.ImageFolder(str(folder / "val"), transform=tf)
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise DatasetNotFoundError(str(exc)) from None
-    if train.classes != val.classes:
-        raise ValueError("train/ and val/ must hold the same class folders; "
-                         f"train: {train.classes}, val: {val.classes}")
-    train_set = _subset(train, train_subset, seed, "train_subset")
-    val_set = _subset(val, test_subset, seed, "test_subset")
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
-                              generator=torch.Generator().manual_seed(seed))
-    return train_loader, DataLoader(val_set, batch_size=batch_size, shuffle=False), len(train.classes)
+from .image_folder import image_folder_loaders  # noqa: E402  (re-exported; needs _subset above)

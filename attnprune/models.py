@@ -1,7 +1,12 @@
-"""Model zoo: CIFAR-style ResNets plus any torchvision classifier by name.
+"""Model zoo: CIFAR-style ResNets plus any torchvision or timm classifier by name.
 
 :func:`build_from_spec` builds a model from what a user writes on the command
-line: a name, or a factory written ``module:function`` (:func:`resolve_factory`).
+line: a name (``resnet20``, ``resnet18``, ``timm:resnet18``), or a factory written
+``module:function`` (:func:`resolve_factory`). The input channels and classes are
+passed under each library's argument names (:func:`factory_kwargs`): timm's
+``in_chans`` and ``num_classes``, torchvision's ``num_classes`` (torchvision
+models take RGB input: :func:`needs_rgb`). timm is optional
+(``pip install attnprune[timm]``); its models are built with ``pretrained=False``.
 
 The CIFAR ResNets follow He et al., "Deep Residual Learning for Image
 Recognition" (CVPR 2016), section 4.2: a 3x3 stem convolution, three stages of
@@ -25,15 +30,13 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
 
 from ._ints import check_int
+from ._timm import TIMM_PREFIX, build_timm_model, is_timm_model, is_timm_spec
 
 __all__ = [
     "VALID_DEPTHS",
@@ -54,6 +57,10 @@ __all__ = [
     "call_factory",
     "model_spec_kind",
     "build_from_spec",
+    "factory_kwargs",
+    "is_factory_spec",
+    "first_conv_channels",
+    "TIMM_PREFIX",
 ]
 
 VALID_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110)
@@ -205,29 +212,29 @@ def cifar_resnet(
                        width=width)
 
 
-def resnet20(**kwargs) -> CifarResNet:
-    """ResNet-20 (n=3, about 0.27M parameters); kwargs go to :func:`cifar_resnet`."""
-    return cifar_resnet(20, **kwargs)
+def resnet20(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> CifarResNet:
+    """ResNet-20 (n=3, about 0.27M parameters); see :func:`cifar_resnet`."""
+    return cifar_resnet(20, num_classes=num_classes, in_channels=in_channels, width=width)
 
 
-def resnet32(**kwargs) -> CifarResNet:
-    """ResNet-32 (n=5, about 0.47M parameters); kwargs go to :func:`cifar_resnet`."""
-    return cifar_resnet(32, **kwargs)
+def resnet32(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> CifarResNet:
+    """ResNet-32 (n=5, about 0.47M parameters); see :func:`cifar_resnet`."""
+    return cifar_resnet(32, num_classes=num_classes, in_channels=in_channels, width=width)
 
 
-def resnet44(**kwargs) -> CifarResNet:
-    """ResNet-44 (n=7, about 0.66M parameters); kwargs go to :func:`cifar_resnet`."""
-    return cifar_resnet(44, **kwargs)
+def resnet44(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> CifarResNet:
+    """ResNet-44 (n=7, about 0.66M parameters); see :func:`cifar_resnet`."""
+    return cifar_resnet(44, num_classes=num_classes, in_channels=in_channels, width=width)
 
 
-def resnet56(**kwargs) -> CifarResNet:
-    """ResNet-56 (n=9, about 0.86M parameters); kwargs go to :func:`cifar_resnet`."""
-    return cifar_resnet(56, **kwargs)
+def resnet56(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> CifarResNet:
+    """ResNet-56 (n=9, about 0.86M parameters); see :func:`cifar_resnet`."""
+    return cifar_resnet(56, num_classes=num_classes, in_channels=in_channels, width=width)
 
 
-def resnet110(**kwargs) -> CifarResNet:
-    """ResNet-110 (n=18, about 1.7M parameters); kwargs go to :func:`cifar_resnet`."""
-    return cifar_resnet(110, **kwargs)
+def resnet110(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> CifarResNet:
+    """ResNet-110 (n=18, about 1.7M parameters); see :func:`cifar_resnet`."""
+    return cifar_resnet(110, num_classes=num_classes, in_channels=in_channels, width=width)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -275,12 +282,13 @@ def needs_rgb(name: str) -> bool:
         name: A model name accepted by :func:`build_model`.
 
     Returns:
-        False for the package's models, True for torchvision models.
+        False for the package's models and timm's (which take ``in_chans``), True
+        for torchvision models.
 
     Raises:
         ValueError: If ``name`` is not a known model name.
     """
-    if isinstance(name, str) and name in MODELS:
+    if isinstance(name, str) and (name in MODELS or is_timm_model(name)):
         return False
     if isinstance(name, str) and name in torchvision_model_names():
         return True
@@ -295,11 +303,12 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
             torchvision classification model name (``"resnet18"``,
             ``"mobilenet_v2"``, ...). Torchvision models are built with
             ``weights=None`` (random init); GoogLeNet and Inception-v3 without
-            auxiliary heads.
+            auxiliary heads. ``"timm:NAME"`` builds timm's model ``NAME`` with
+            ``pretrained=False`` (timm must be installed).
         num_classes: Size of the classifier output.
-        in_channels: Input channels. Applies only to the package's own models;
-            torchvision models are returned unchanged and always take 3
-            channels, so check :func:`needs_rgb` and expand grayscale input.
+        in_channels: Input channels. Applies to the package's own models and to
+            timm's (as ``in_chans``); torchvision models always take 3 channels,
+            so check :func:`needs_rgb` and expand grayscale input.
 
     Returns:
         The model, in training mode.
@@ -313,6 +322,8 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
     check_int("in_channels", in_channels, 1)
     if isinstance(name, str) and name in MODELS:
         return MODELS[name](num_classes=num_classes, in_channels=in_channels)
+    if is_timm_spec(name):
+        return build_timm_model(name, num_classes, in_channels)
     if not isinstance(name, str) or name not in torchvision_model_names():
         raise _unknown_name_error(name)
     import torchvision.models
@@ -322,92 +333,34 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
 
 
 def is_model_name(name: object) -> bool:
-    """Whether :func:`build_model` knows ``name`` (the package's models or torchvision's)."""
-    return isinstance(name, str) and (name in MODELS or name in torchvision_model_names())
+    """Whether ``name`` names a model of :func:`build_model`: the package's, torchvision's, or ``timm:NAME``.
 
-
-def resolve_factory(spec: str) -> Callable[..., nn.Module]:
-    """Import a model factory written as ``"package.module:function"``.
-
-    Args:
-        spec: ``"module:attribute"``; the attribute may be dotted (``"pkg.mod:Class.build"``).
-
-    Returns:
-        The callable.
-
-    Raises:
-        ValueError: ``spec`` is not of the form ``module:function``, the module
-            cannot be imported, or the attribute is missing or not callable.
+    Any ``timm:NAME`` counts as a name (not a factory to import); building it says
+    when timm is not installed or does not know ``NAME``.
     """
-    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
-        raise ValueError(f"a model factory must be written 'module:function', got {spec!r}")
-    mod_name, attr = spec.split(":")
-    try:
-        obj: Any = importlib.import_module(mod_name)
-    except Exception as exc:  # noqa: BLE001 - report any import failure the same way
-        raise ValueError(f"cannot import module {mod_name!r} of the model factory {spec!r}: "
-                         f"{type(exc).__name__}: {exc}") from exc
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"module {mod_name!r} has no attribute {attr!r} (model factory {spec!r})")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"the model factory {spec!r} is a {type(obj).__name__}, not a callable")
-    return obj
+    return isinstance(name, str) and (name in MODELS or is_timm_spec(name) or name in torchvision_model_names())
 
 
-def _accepted(factory: Callable[..., Any], kwargs: dict) -> dict:
-    """The entries of ``kwargs`` that ``factory``'s signature accepts (all for ``**kwargs``)."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return dict(kwargs)
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return dict(kwargs)
-    return {k: v for k, v in kwargs.items() if k in params}
+def first_conv_channels(model: nn.Module) -> int | None:
+    """The input channels of the first convolution of ``model`` (None before any conv/linear)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return int(m.in_channels)
+        if isinstance(m, nn.Linear):
+            return None
+    return None
 
 
-def call_factory(factory: Callable[..., Any], kwargs: dict, what: str = "the model factory") -> nn.Module:
-    """Call ``factory`` with the entries of ``kwargs`` its signature accepts.
-
-    Raises:
-        TypeError: The factory does not return an ``nn.Module`` (``what`` names it).
-    """
-    model = factory(**_accepted(factory, kwargs))
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{what} must return a torch.nn.Module, got {type(model).__name__}")
-    return model
+def is_factory_spec(spec: object) -> bool:
+    """Whether ``spec`` is a ``module:function`` factory (``timm:NAME`` is a name, not a factory)."""
+    return isinstance(spec, str) and ":" in spec and not is_timm_spec(spec)
 
 
-def model_spec_kind(spec: str) -> str:
-    """``"name"`` for a model name, ``"factory"`` for an importable ``module:function``.
-
-    Raises:
-        ValueError: Neither; the message lists the valid choices.
-    """
-    if ":" in spec:
-        resolve_factory(spec)
-        return "factory"
-    if is_model_name(spec):
-        return "name"
-    raise ValueError(
-        f"unknown model {spec!r}; valid choices: the package's models ({', '.join(MODELS)}), any "
-        "torchvision classification model name (e.g. resnet18, mobilenet_v2, vgg11_bn; see "
-        "attnprune.models.torchvision_model_names()), or a factory written module:function")
-
-
-def build_from_spec(spec: str, num_classes: int, in_channels: int) -> tuple[nn.Module, dict]:
-    """A fresh model from a name or ``module:function``, and the kwargs to record for reloading.
-
-    A factory is called with the ``num_classes`` and ``in_channels`` its signature
-    accepts, and only those are recorded.
-
-    Raises:
-        ValueError: ``spec`` is neither (see :func:`model_spec_kind`).
-        TypeError: Calling the factory failed, or it returned no ``nn.Module``.
-    """
-    kwargs = {"num_classes": num_classes, "in_channels": in_channels}
-    if model_spec_kind(spec) == "name":
-        return build_model(spec, **kwargs), kwargs
-    factory = resolve_factory(spec)
-    return call_factory(factory, kwargs, f"the model factory {spec!r}"), _accepted(factory, kwargs)
+# Model specs (names and module:function factories) live in their own module; re-exported here.
+from .model_specs import (  # noqa: E402
+    build_from_spec,
+    call_factory,
+    factory_kwargs,
+    model_spec_kind,
+    resolve_factory,
+)

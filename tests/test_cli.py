@@ -213,10 +213,10 @@ def test_image_folder_data(tmp_path, capsys, monkeypatch):
     assert rc == 2 and "attnprune: error: stop here" in capsys.readouterr().err
     assert seen["x"].shape == (4, 3, 16, 16) and seen["classes"] == 2 and seen["n_eval"] == 6
     assert not out.exists()
-    shutil.rmtree(data / "val")
+    shutil.rmtree(data / "train")
     assert cli.main(["prune", "--data", str(data), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "--data:" in err and "train/ and val/" in err and "missing: val" in err
+    assert "--data:" in err and "train/ and val/" in err and "missing: train" in err
 
 
 @needs_fashion_mnist

@@ -228,13 +228,15 @@ def test_image_folder_loaders(tmp_path):
     from attnprune.data import image_folder_loaders
 
     root = _image_tree(tmp_path / "imgs")
-    train, val, num_classes = image_folder_loaders(root, image_size=12, batch_size=4, train_subset=5, seed=1)
+    plain = {"normalize": "none", "augment": False}  # attnprune 0.1's transform: resize only
+    train, val, num_classes = image_folder_loaders(root, image_size=12, batch_size=4, train_subset=5, seed=1,
+                                                   **plain)
     assert num_classes == 2
     x, y = next(iter(train))
     assert x.shape == (4, 3, 12, 12) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert sum(len(b) for _, b in train) == 5 and sum(len(b) for _, b in val) == 6
-    first, _, _ = image_folder_loaders(root, image_size=12, batch_size=4, train_subset=5, seed=1)
-    again, _, _ = image_folder_loaders(root, image_size=12, batch_size=4, train_subset=5, seed=1)
+    first, _, _ = image_folder_loaders(root, image_size=12, batch_size=4, train_subset=5, seed=1, **plain)
+    again, _, _ = image_folder_loaders(root, image_size=12, batch_size=4, train_subset=5, seed=1, **plain)
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(first, again)), "same seed, same batches"
 
     with pytest.raises(ValueError, match="test_subset=7 exceeds the 6 samples"):
@@ -246,6 +248,78 @@ def test_image_folder_loaders(tmp_path):
         image_folder_loaders(other)
     import shutil
 
-    shutil.rmtree(other / "val")
-    with pytest.raises(DatasetNotFoundError, match="missing: val"):
+    shutil.rmtree(other / "train")
+    with pytest.raises(DatasetNotFoundError, match="missing: train"):
         image_folder_loaders(other)
+
+
+def _channel_stats(loader):
+    x = torch.cat([b for b, _ in loader])
+    return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+
+
+def test_image_folder_normalisation(tmp_path):
+    from attnprune.image_folder import IMAGENET_MEAN, IMAGENET_STD, image_folder_loaders, image_stats
+
+    root = _image_tree(tmp_path / "imgs", per_class=4)
+    train, _, _ = image_folder_loaders(root, image_size=8, batch_size=4, augment=False, normalize="sample")
+    mean, std = _channel_stats(train)
+    assert torch.allclose(mean, torch.zeros(3), atol=1e-4) and torch.allclose(std, torch.ones(3), atol=0.05)
+    raw, _, _ = image_folder_loaders(root, image_size=8, batch_size=4, augment=False, normalize="none")
+    net, _, _ = image_folder_loaders(root, image_size=8, batch_size=4, augment=False, normalize="imagenet")
+    (a, _), (b, _) = next(iter(raw)), next(iter(net))
+    expected = (a - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    assert torch.allclose(b, expected, atol=1e-5)
+    m, s = image_stats(raw.dataset)
+    assert len(m) == 3 and all(v > 0 for v in s)
+    with pytest.raises(ValueError, match="normalize must be one of imagenet, sample, none"):
+        image_folder_loaders(root, normalize="cifar")
+
+
+def test_image_folder_augments_training_images_only(tmp_path):
+    from attnprune.image_folder import image_folder_loaders
+
+    root = _image_tree(tmp_path / "imgs", per_class=4)
+    train, val, _ = image_folder_loaders(root, image_size=12, batch_size=16, normalize="none")
+    torch.manual_seed(0)
+    first = torch.cat([x for x, _ in train])
+    second = torch.cat([x for x, _ in train])
+    assert first.shape == (8, 3, 12, 12)
+    reads = [train.dataset[0][0] for _ in range(4)]
+    assert any(not torch.equal(reads[0], r) for r in reads[1:]), "a training image is cropped/flipped at random"
+    assert not torch.equal(torch.sort(first.flatten())[0], torch.sort(second.flatten())[0])
+    v1 = torch.cat([x for x, _ in val])
+    v2 = torch.cat([x for x, _ in val])
+    assert torch.equal(v1, v2), "validation images are not augmented"
+    plain, _, _ = image_folder_loaders(root, image_size=12, batch_size=16, normalize="none", augment=False)
+    assert torch.equal(plain.dataset[3][0], plain.dataset[3][0])
+
+
+def test_image_folder_validation_split_without_val(tmp_path):
+    import shutil
+
+    from attnprune.image_folder import image_folder_loaders
+
+    root = _image_tree(tmp_path / "imgs", per_class=10)
+    shutil.rmtree(root / "val")
+    train, val, n = image_folder_loaders(root, image_size=8, batch_size=4, val_fraction=0.25, num_workers=0)
+    assert n == 2 and len(train.dataset) == 15 and len(val.dataset) == 5
+    assert not set(train.dataset.indices) & set(val.dataset.indices), "train and validation are disjoint"
+    other_seed, val2, _ = image_folder_loaders(root, image_size=8, val_fraction=0.25, seed=7)
+    assert val2.dataset.indices == val.dataset.indices, "the split does not depend on seed"
+    default_train, default_val, _ = image_folder_loaders(root, image_size=8)
+    assert len(default_val.dataset) == 2 and len(default_train.dataset) == 18
+    with pytest.raises(ValueError, match=r"val_fraction must be a number in \(0, 1\)"):
+        image_folder_loaders(root, val_fraction=1.5)
+    (root / "val" / "cat").mkdir(parents=True)
+    with pytest.raises(ValueError, match="val_fraction is for a folder without val/"):
+        image_folder_loaders(root, val_fraction=0.2)
+
+
+def test_image_folder_workers(tmp_path):
+    from attnprune.image_folder import image_folder_loaders
+
+    root = _image_tree(tmp_path / "imgs", per_class=2)
+    train, val, _ = image_folder_loaders(root, image_size=8, batch_size=2, num_workers=2)
+    assert train.num_workers == 2 and val.num_workers == 2
+    assert sum(len(y) for _, y in val) == 4

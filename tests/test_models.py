@@ -178,3 +178,31 @@ def test_model_spec_resolution():
     model, kwargs = build_from_spec(f"{__name__}:_only_classes", 5, 1)
     assert model.fc.out_features == 5 and model.conv1.in_channels == 3
     assert kwargs == {"num_classes": 5}, "only the arguments the factory takes are recorded"
+
+
+def _kwargs_only(**kwargs):
+    """A factory that forwards everything (like timm's): it must not get in_channels blindly."""
+    return resnet20(**kwargs)
+
+
+def test_factory_kwargs_pass_in_channels_only_to_factories_that_take_it():
+    from attnprune.models import build_from_spec, factory_kwargs
+
+    assert factory_kwargs(_kwargs_only, 5, 1) == {"num_classes": 5}
+    assert factory_kwargs(resnet20, 5, 1) == {"num_classes": 5, "in_channels": 1}
+    assert factory_kwargs(_only_classes, 5, 1) == {"num_classes": 5}
+    import torchvision
+
+    assert factory_kwargs(torchvision.models.resnet18, 5, 1) == {"num_classes": 5}
+    model, kwargs = build_from_spec(f"{__name__}:_kwargs_only", 4, 1)
+    assert kwargs == {"num_classes": 4} and model.conv1.in_channels == 3
+
+
+def test_timm_name_without_timm_says_how_to_install(monkeypatch):
+    import attnprune._timm as timm_support
+    from attnprune.models import is_factory_spec, model_spec_kind
+
+    monkeypatch.setattr(timm_support, "timm_available", lambda: False)
+    with pytest.raises(ValueError, match=r"needs timm, which is not installed; .*pip install 'attnprune\[timm\]'"):
+        model_spec_kind("timm:resnet18")
+    assert not is_factory_spec("timm:resnet18") and is_factory_spec("pkg.mod:build")

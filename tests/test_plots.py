@@ -10,7 +10,15 @@ import matplotlib.image
 import pytest
 import torch
 
-from attnprune.report.markdown import KEPT_PNG, SCORES_PNG, read_report, render_markdown, write_report
+from attnprune.report.markdown import (
+    KEPT_PNG,
+    SCORES_PNG,
+    kept_label,
+    phase_labels,
+    read_report,
+    render_markdown,
+    write_report,
+)
 from attnprune.report.plots import plot_kept_channels, plot_score_histogram
 from attnprune.train.pipeline import GroupReport, PruneReport
 from attnprune.train.runner import EpochRecord
@@ -145,3 +153,30 @@ def test_read_report_errors(tmp_path):
     (tmp_path / "x.json").write_text('{"a": 1}')
     with pytest.raises(ValueError, match="not an attnprune report"):
         read_report(tmp_path / "x.json")
+
+
+def test_history_column_named_after_target_and_cycles_numbered():
+    report = make_report().to_dict()
+    report["target"] = "macs"
+    report["history"] = [
+        {"phase": "warmup", "epoch": 1, "loss": 2.0, "kept": 1.0},
+        {"phase": "an", "epoch": 1, "loss": 1.9, "kept": 0.9},
+        {"phase": "cnn", "epoch": 1, "loss": 1.8, "kept": 0.6},
+        {"phase": "an", "epoch": 1, "loss": 1.7, "kept": 0.55},
+        {"phase": "an", "epoch": 2, "loss": 1.6, "kept": 0.5},
+        {"phase": "cnn", "epoch": 1, "loss": 1.5, "kept": 0.5},
+    ]
+    md = render_markdown(report)
+    assert "| Phase | Epoch | Loss | MACs kept |" in md
+    assert "Params kept" not in md
+    rows = [line for line in md.splitlines() if line.startswith("| an") or line.startswith("| cnn")]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| an (cycle 1)", "| cnn (cycle 1)", "| an (cycle 2)", "| an (cycle 2)", "| cnn (cycle 2)"]
+    assert "| warmup | 1 |" in md  # a phase that runs once keeps its bare name
+    assert "named after its root layer" in md
+
+
+def test_phase_labels_prefer_recorded_cycle():
+    history = [{"phase": "an", "epoch": 1, "cycle": 0}, {"phase": "an", "epoch": 1, "cycle": 1}]
+    assert phase_labels(history) == ["an (cycle 1)", "an (cycle 2)"]
+    assert kept_label("params") == "Params kept"

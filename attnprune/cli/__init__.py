@@ -6,6 +6,11 @@ Examples:
 
         attnprune prune --model resnet20 --ratio 0.5 --method paam --out run
 
+    List the methods, their papers and options (types, defaults, one line each)::
+
+        attnprune methods
+        attnprune methods paam
+
     A method's options are typed flags (``attnprune prune --method paam --help``
     lists them with their defaults)::
 
@@ -22,8 +27,10 @@ valid choices), 1 for other failures, 130 when interrupted.
 
 Modules: :mod:`~attnprune.cli.parser` (the parser),
 :mod:`~attnprune.cli.method_flags` (typed flags from the option schema),
-:mod:`~attnprune.cli.prune_command`, :mod:`~attnprune.cli.deploy_commands`
-(export, bench, report) and :mod:`~attnprune.cli.common`.
+:mod:`~attnprune.cli.prune_command`, :mod:`~attnprune.cli.weights` (``--weights``),
+:mod:`~attnprune.cli.deploy_commands` (export, bench, report),
+:mod:`~attnprune.cli.shapes` (``--input-shape``), :mod:`~attnprune.cli.methods_command`,
+:mod:`~attnprune.cli.wording` (library messages in CLI words) and :mod:`~attnprune.cli.common`.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from collections.abc import Sequence
 
 from .common import PROG, CLIError
 from .parser import build_parser, method_in
+from .wording import cli_wording
 
 __all__ = ["main", "build_parser", "CLIError"]
 
@@ -62,13 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CLIError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {cli_wording(str(exc))}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as exc:  # bad budget, options, model, data
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {cli_wording(str(exc))}", file=sys.stderr)
         return 2
     except AttnpruneError as exc:
-        print(f"{PROG}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {type(exc).__name__}: {cli_wording(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

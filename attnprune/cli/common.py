@@ -119,9 +119,10 @@ def read_model_info(path: str, flag: str) -> dict:
 def load_model_file(path: str, flag: str, base: str | None):
     """A pruned model from ``path``; a user-defined base needs ``--base`` (never imported implicitly)."""
     from ..deploy.serialize import load
+    from ..models import is_factory_spec
 
     recorded = read_model_info(path, flag)["base"]
-    if base is None and (recorded is None or ":" in recorded):
+    if base is None and (recorded is None or is_factory_spec(recorded)):
         hint = "--base module:function" if recorded is None else f"--base {recorded}"
         raise CLIError(
             f"{flag}: {path} was saved with a user-defined base architecture "

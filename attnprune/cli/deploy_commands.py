@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .common import CLIError, build_model_from_spec, input_shape, load_model_file, model_kind, read_model_info
+from .shapes import check_input_shape, onnx_input_shape
 
 __all__ = ["run_export", "run_bench", "run_report"]
 
@@ -19,6 +20,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     shape = input_shape(args, read_model_info(args.model_file, "--model-file"))
     model = load_model_file(args.model_file, "--model-file", args.base)
+    check_input_shape(shape, model, "--model-file")
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     try:
         path = export_onnx(model, x, args.out, dynamic_batch=not args.static_batch, opset=args.opset)
@@ -48,10 +50,19 @@ def run_bench(args: argparse.Namespace) -> int:
     from .._files import write_text
     from ..deploy.bench import benchmark
     from ..deploy.serialize import load_base
+    from ..models import is_factory_spec
 
     pruned_is_file = Path(args.pruned).suffix.lower() != ".onnx"
     header = read_model_info(args.pruned, "--pruned") if pruned_is_file else None
-    shape = input_shape(args, header)
+    if header is None and args.input_shape is None:
+        if not Path(args.pruned).is_file():
+            raise CLIError(f"--pruned: ONNX file not found: {args.pruned}")
+        shape = onnx_input_shape(args.pruned)
+        if shape is None:
+            raise CLIError(f"--input-shape is required: the input of {args.pruned} has dynamic dimensions "
+                           "besides the batch (e.g. --input-shape 1,3,224,224)")
+    else:
+        shape = input_shape(args, header)
     kw = (header or {}).get("base_kwargs", {})
     num_classes = args.num_classes or kw.get("num_classes") or 10
     in_channels = shape[1] if len(shape) > 1 else 3
@@ -59,7 +70,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.dense is not None:
         dense = _bench_entry(args.dense, "--dense", args.base, num_classes, in_channels)
     elif header is not None:
-        if args.base is None and (header["base"] is None or ":" in header["base"]):
+        if args.base is None and (header["base"] is None or is_factory_spec(header["base"])):
             raise CLIError(f"--dense or --base is required: {args.pruned} records no registered base name")
         try:
             dense = load_base(args.pruned, base=args.base)
@@ -67,6 +78,8 @@ def run_bench(args: argparse.Namespace) -> int:
             raise CLIError(f"--dense is required: {exc}") from None
     else:
         raise CLIError("--dense is required when --pruned is an .onnx file")
+    for flag, entry in (("--pruned", pruned), ("--dense", dense)):
+        check_input_shape(shape, entry, flag)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     try:
         result = benchmark({"dense": dense, "pruned": pruned}, x, batch_sizes=args.batch_sizes,

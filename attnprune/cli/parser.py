@@ -7,6 +7,7 @@ import argparse
 from .common import PROG, int_list, nonneg_int, positive_int
 from .deploy_commands import run_bench, run_export, run_report
 from .method_flags import add_method_flags, method_in, parse_option
+from .methods_command import run_methods
 from .prune_command import run_prune
 
 __all__ = ["build_parser", "method_in"]
@@ -37,7 +38,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                        description="Prune a model on a dataset; write model.pt, model.onnx, report.json, "
                                    "report.md and figures into --out (atomically: all or nothing). "
                                    "The method's options are flags of their own: see "
-                                   "'attnprune prune --method NAME --help'.")
+                                   "'attnprune prune --method NAME --help', and 'attnprune methods' "
+                                   "for every method, its paper and its options.")
     taken: set[str] = {"-h", "--help"}
 
     def add(*flags, **kwargs):
@@ -46,16 +48,34 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
 
     add("--model", default="resnet20",
                    help="resnet20/32/44/56/110, any torchvision classification name (resnet18, "
-                        "mobilenet_v2, ...) or a factory module:function called with the num_classes and "
-                        "in_channels it accepts (default: %(default)s)")
+                        "mobilenet_v2, ...), a timm model as timm:NAME (timm:resnet18; needs "
+                        "pip install attnprune[timm]; built with pretrained=False, so load weights with "
+                        "--weights), or a factory module:function called with the num_classes and "
+                        "in_channels (timm: in_chans) it takes (default: %(default)s)")
     add("--weights", metavar="FILE", help="dense state dict to load into the model before pruning")
     add("--data", default="fashion-mnist",
-                   help="'fashion-mnist' or a folder with train/ and val/ ImageFolder subfolders "
+                   help="'fashion-mnist' or an ImageFolder root: train/<class>/* images and optionally "
+                        "val/<class>/* (without val/, --val-fraction of train/ is held out) "
                         "(default: %(default)s)")
     add("--data-root", metavar="DIR", help="folder holding the Fashion-MNIST IDX files "
                    "(default: $ATTNPRUNE_DATA, /usr/share/datasets/fashion-mnist, the cache)")
+    add("--download", action="store_true",
+                   help="download Fashion-MNIST with torchvision into the cache when it is not found "
+                        "(needs internet access)")
     add("--image-size", type=positive_int, metavar="N",
                    help="resize images to NxN (ImageFolder default 224; Fashion-MNIST default 28)")
+    add("--normalize", choices=["auto", "imagenet", "sample", "none"], default="auto",
+                   help="ImageFolder normalisation: ImageNet mean/std, mean/std computed from 256 training "
+                        "images, or none; auto = imagenet with --trained and a torchvision/timm model "
+                        "(ImageNet weights), else sample (default: %(default)s)")
+    add("--no-augment", dest="augment", action="store_false",
+                   help="ImageFolder: no training augmentation (by default training images get a random "
+                        "resized crop and a horizontal flip; validation images are only resized)")
+    add("--val-fraction", type=float, metavar="F",
+                   help="ImageFolder without val/: fraction of train/ held out for validation, in (0, 1), "
+                        "the same images for every --seed (default: 0.1)")
+    add("--workers", type=nonneg_int, default=0, metavar="N",
+                   help="data loader worker processes (default: %(default)s)")
     add("--train-subset", type=positive_int, metavar="N", help="use N training samples")
     add("--test-subset", type=positive_int, metavar="N", help="use N evaluation samples")
     add("--batch-size", type=positive_int, default=128, metavar="N", help="default: %(default)s")
@@ -85,6 +105,12 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     method = DEFAULT_METHOD if method is None else method
     p.set_defaults(func=run_prune, method_specs=add_method_flags(p, method, taken))
 
+    p = sub.add_parser("methods", help="list the pruning methods, their papers and options",
+                       description="List each registered pruning method with its paper and its options "
+                                   "(type, default, valid values, one line of help).")
+    p.add_argument("name", nargs="?", metavar="NAME", help="only this method")
+    p.set_defaults(func=run_methods)
+
     p = sub.add_parser("export", help="export a saved model.pt to ONNX",
                        description="Reload a model.pt and export it to ONNX with an ONNX Runtime parity check.")
     p.add_argument("--model-file", required=True, metavar="FILE", help="a model.pt written by 'attnprune prune'")
@@ -105,7 +131,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                         "architecture recorded in --pruned, randomly initialised)")
     p.add_argument("--base", metavar="SPEC", help="base architecture for files saved with a user-defined one")
     p.add_argument("--input-shape", type=int_list, metavar="N,C,H,W",
-                   help="example input shape (default: recorded in --pruned)")
+                   help="example input shape (default: recorded in --pruned; for an .onnx --pruned, "
+                        "read from the file when only the batch dimension is dynamic)")
     p.add_argument("--num-classes", type=positive_int, metavar="N",
                    help="classes of a --dense given by name (default: recorded in --pruned, else 10)")
     p.add_argument("--batch-sizes", type=int_list, default=[1], metavar="B1,B2",

@@ -13,8 +13,10 @@ from typing import Any
 
 from .common import CLIError, build_model_from_spec, info, model_kind, parse_device
 from .method_flags import DEST_PREFIX, method_options
+from .weights import load_weights
 
-__all__ = ["run_prune", "MappedLoader", "input_transform", "load_weights", "loaders"]
+__all__ = ["run_prune", "MappedLoader", "input_transform", "load_weights", "loaders", "written_files",
+           "image_normalization"]
 
 
 class MappedLoader:
@@ -49,7 +51,26 @@ def input_transform(expand_rgb: bool, size: int | None) -> Callable | None:
 
 
 def _subset_flags(exc: Exception) -> str:
-    return str(exc).replace("train_subset", "--train-subset").replace("test_subset", "--test-subset")
+    from .wording import cli_wording
+
+    return cli_wording(str(exc))
+
+
+def image_normalization(args: argparse.Namespace) -> str:
+    """``--normalize``; ``auto`` is ImageNet's with ``--trained`` and a torchvision or timm model."""
+    from ..models import is_factory_spec, needs_rgb
+
+    if args.normalize != "auto":
+        return args.normalize
+    spec = args.model
+    if is_factory_spec(spec):
+        imagenet_library = spec.split(".")[0].split(":")[0] in ("torchvision", "timm")
+    else:
+        try:
+            imagenet_library = spec.startswith("timm:") or needs_rgb(spec)
+        except ValueError:
+            imagenet_library = False
+    return "imagenet" if args.trained and imagenet_library else "sample"
 
 
 def loaders(args: argparse.Namespace):
@@ -60,7 +81,9 @@ def loaders(args: argparse.Namespace):
         try:
             train, val, num_classes = image_folder_loaders(
                 args.data, image_size=args.image_size or 224, batch_size=args.batch_size,
-                train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
+                train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
+                normalize=image_normalization(args), augment=args.augment, num_workers=args.workers,
+                val_fraction=args.val_fraction)
         except DatasetNotFoundError as exc:
             raise CLIError(f"--data: neither 'fashion-mnist' nor an ImageFolder root: {exc}") from None
         except ValueError as exc:
@@ -70,36 +93,13 @@ def loaders(args: argparse.Namespace):
     try:
         train, test = fashion_mnist_loaders(
             args.data_root, batch_size=args.batch_size, train_subset=args.train_subset,
-            test_subset=args.test_subset, seed=args.seed,
+            test_subset=args.test_subset, seed=args.seed, download=args.download, num_workers=args.workers,
         )
     except DatasetNotFoundError as exc:
         raise CLIError(f"--data-root: {exc}") from None
     except ValueError as exc:
         raise CLIError(_subset_flags(exc)) from None
     return train, test, NUM_CLASSES, 1
-
-
-def load_weights(model, path: str) -> None:
-    """``--weights``: load a dense state dict (``weights_only``) into ``model``, strictly."""
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"--weights: file not found: {path}")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CLIError(f"--weights: cannot read {path} with torch.load(weights_only=True): {exc}") from None
-    if isinstance(state, dict) and "format" in state and "pruning_history" in state:
-        raise CLIError(f"--weights: {path} is a pruned attnprune model; --weights expects a dense state dict")
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CLIError(f"--weights: {path} must hold a state dict, got {type(state).__name__}")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CLIError(f"--weights: {path} does not fit the model: {str(exc).splitlines()[0]}") from None
 
 
 def _check_out_folder(out: Path, overwrite: bool) -> None:
@@ -139,6 +139,24 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {**options, **generic}
 
 
+def _say_resume(args: argparse.Namespace) -> None:
+    """With ``--resume``: say where the run continues from, or that it starts afresh."""
+    from ..train.checkpoint import CHECKPOINT_NAME
+
+    if not args.resume:
+        return
+    path = Path(args.checkpoint_dir) / CHECKPOINT_NAME
+    if path.is_file():
+        info(args, f"resuming from {path}")
+    else:
+        info(args, f"--resume: no checkpoint at {path} yet; starting from the beginning")
+
+
+def written_files(folder: Path) -> list[str]:
+    """The files under ``folder``, relative and sorted (the final ``wrote`` line)."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
 def run_prune(args: argparse.Namespace) -> int:
     """The ``prune`` subcommand (see ``attnprune prune --help``)."""
     import torch
@@ -149,7 +167,7 @@ def run_prune(args: argparse.Namespace) -> int:
     from ..deploy.export import export_onnx
     from ..deploy.serialize import save
     from ..methods import get_method, make_config
-    from ..models import needs_rgb
+    from ..models import first_conv_channels
     from ..report.markdown import write_report
     from ..train import pipeline
 
@@ -171,20 +189,24 @@ def run_prune(args: argparse.Namespace) -> int:
         make_config(get_method(args.method), options)
     except (TypeError, ValueError) as exc:
         raise CLIError(f"--option: {exc}") from None
-    kind = model_kind(args.model)
+    model_kind(args.model)  # fail early on a bad --model
     device = parse_device(args.device)
 
     info(args, f"loading data ({args.data})")
     train, test, num_classes, in_channels = loaders(args)
     model, base_kwargs = build_model_from_spec(args.model, num_classes, in_channels)
     if args.weights:
-        load_weights(model, args.weights)
-    expand = kind == "name" and in_channels == 1 and needs_rgb(args.model)
+        head = load_weights(model, args.weights)
+        if head:
+            info(args, f"--weights: the output layer does not fit ({'; '.join(head)}); "
+                       "it keeps its fresh initialisation")
+    expand = in_channels == 1 and first_conv_channels(model) == 3  # torchvision takes RGB only
     fn = input_transform(expand, args.image_size if args.data == "fashion-mnist" else None)
     if fn is not None:
         train, test = MappedLoader(train, fn), MappedLoader(test, fn)
     example = next(iter(train))[0][:1].detach().cpu()
 
+    _say_resume(args)
     info(args, f"pruning {args.model} with {args.method}: remove {100 * args.ratio:g}% of {args.target}")
     result = pipeline.prune(
         model, train, ratio=args.ratio, method=args.method, target=args.target,
@@ -216,5 +238,5 @@ def run_prune(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(result.report.summary())
-    print(f"wrote {out}/: model.pt, model.onnx, report.md, report.json")
+    print(f"wrote {out}/: {', '.join(written_files(out))}")
     return 0

@@ -13,7 +13,7 @@ removed together, the modules they touch (with each module's own indices mapped
 to the group's *root index space*), and the places where a gate must sit so that
 a closed channel emits exact zeros wherever it flows.
 
-Gate placement follows ``shared/METHODS.md`` ("The shared mechanism"): a gate sits
+Gate placement follows ``docs/methods.md`` ("What all methods share"): a gate sits
 on the output of every normalisation layer of the group, and on the output of every
 conv/linear producer of the group whose output does not go straight into a norm of
 the same group.

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .._modes import eval_mode
 from ..errors import AttnpruneError
-from ..models import MODELS, build_model, call_factory, is_model_name, resolve_factory
+from ..models import MODELS, build_model, call_factory, is_factory_spec, is_model_name, resolve_factory
 
 __all__ = [
     "ModelFileError",
@@ -55,7 +55,7 @@ def build_base(base: Any, base_kwargs: dict, *, allow_import: bool) -> nn.Module
     if isinstance(base, nn.Module):
         return copy.deepcopy(base)
     if isinstance(base, str):
-        if ":" in base:
+        if is_factory_spec(base):
             if not allow_import:
                 raise ModelFileError(
                     f"the file was saved with the model factory {base!r}; it is not imported "

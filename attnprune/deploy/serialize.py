@@ -38,7 +38,7 @@ import torch.nn as nn
 
 from .._files import atomic_file
 from .._tree import as_inputs
-from ..models import is_model_name, resolve_factory
+from ..models import is_factory_spec, is_model_name, resolve_factory
 from ._rebuild import (
     ModelFileError,
     build_base,
@@ -129,7 +129,7 @@ def save(
     inputs = as_inputs(example_inputs) if example_inputs is not None else None
     kwargs = check_base_kwargs(base_kwargs)
     if isinstance(base, str):
-        if ":" in base:
+        if is_factory_spec(base):
             resolve_factory(base)  # fail early with a clear message
         elif not is_model_name(base):
             build_base(base, {}, allow_import=False)  # raises the unknown-base error

@@ -1,6 +1,9 @@
 """ABP: Adding Before Pruning (Tian et al., IEEE TNNLS 2021).
 
-Paper: ``shared/papers/004_e73b1daba089ca39.txt``. An auxiliary attention layer
+Paper: G. Tian, Y. Sun, Y. Liu, X. Zeng, M. Wang, Y. Liu, J. Zhang, J. Chen, *Adding
+Before Pruning: Sparse Filter Fusion for Deep Convolutional Neural Networks via
+Auxiliary Attention*, IEEE TNNLS, 2021, doi:10.1109/TNNLS.2021.3106917 (see
+``docs/methods.md``). An auxiliary attention layer
 holds one real parameter ``m`` per filter; the network only ever sees its binary
 version (eq. 4)::
 
@@ -37,7 +40,7 @@ How the user's ``ratio`` decides ``t`` (``threshold_mode``):
   or a constant ``threshold``; the ratio is whatever results, reported as
   ``ratio_reached`` and ``ratio_error``.
 
-Choices where the paper is silent (see ``shared/METHODS.md``):
+Choices where the paper is silent (see ``docs/methods.md``):
 
 * **Initialisation.** ``|m|`` starts at each channel's filter L1 norm (summed over
   the group's producers), normalised to mean 1 per group, when the joint phase
@@ -198,6 +201,10 @@ class ABPMethod(PruningMethod):
     """ABP (Tian et al. 2021): binary auxiliary attention per channel, one-stage training."""
 
     config_class = ABPConfig
+    paper = (
+        'G. Tian et al., "Adding Before Pruning: Sparse Filter Fusion for Deep Convolutional Neural '
+        'Networks via Auxiliary Attention", IEEE TNNLS, 2021'
+    )
     normalize = None  # |m| starts at mean 1 in every group and trains on that scale
     state_attributes = ("initialized", "step", "current_ratio", "_t", "group_t", "_selection",
                         "_selection_ratio", "_initial_masks", "exceptions", "changes")

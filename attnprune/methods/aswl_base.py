@@ -1,7 +1,8 @@
 """ASWL's shared mechanism: Attention-based Simultaneous sparse structure and Weight Learning (He, Shi, Dong).
 
-Paper: ``shared/papers/002_8e5f82443c838243.txt`` (section 3, Algorithm 1). Its
-Greek letters were lost in the text; the reading used here (``shared/METHODS.md``):
+Paper: Q. He, W. Shi, M. Dong, *Learning Pruned Structure and Weights Simultaneously
+from Scratch: an Attention Based Approach*, preprint, arXiv:2111.02399, 2022 (section 3,
+Algorithm 1). The reading used here (see ``docs/methods.md``):
 
 * one attention scalar ``a_l in (0, 1]`` per layer, initialised to 0.5, multiplies
   the layer's output (section 3.1);
@@ -113,6 +114,10 @@ class ASWLBase(PruningMethod):
     """
 
     config_class = ASWLConfig
+    paper = (
+        'Q. He, W. Shi, M. Dong, "Learning Pruned Structure and Weights Simultaneously from Scratch: '
+        'an Attention Based Approach", arXiv:2111.02399, 2022'
+    )
     normalize = None
     state_attributes = ("step", "beta", "current_ratio", "beta_history", "final_beta")
 

@@ -166,6 +166,9 @@ class PruningMethod(abc.ABC):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = TrainConfig
+    #: One-line citation of the method's paper (``attnprune methods`` shows it; docs/methods.md
+    #: has the full references).
+    paper: ClassVar[str] = ""
     normalize: ClassVar[str | None] = "mean"
     #: Whether the method removes whole channels (False: it zeroes weights, e.g. ASWL).
     structured: ClassVar[bool] = True

@@ -102,6 +102,8 @@ class _TPImportanceMethod(PruningMethod):
 class L1Method(_TPImportanceMethod):
     """Group L1-norm ranking (Li et al. 2017) after warm-up."""
 
+    paper = 'H. Li, A. Kadav, I. Durdanovic, H. Samet, H. P. Graf, "Pruning Filters for Efficient ConvNets", ICLR 2017'
+
     def importance(self):
         return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean", normalizer=None)
 
@@ -111,6 +113,10 @@ class TaylorMethod(_TPImportanceMethod):
     """First-order Taylor ranking (Molchanov et al. 2019), with BatchNorm terms added."""
 
     config_class = TaylorConfig
+    paper = (
+        'P. Molchanov, A. Mallya, S. Tyree, I. Frosio, J. Kautz, '
+        '"Importance Estimation for Neural Network Pruning", CVPR 2019'
+    )
 
     def importance(self):
         return tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer=None)
@@ -149,6 +155,10 @@ class SlimMethod(_TPImportanceMethod):
     """
 
     config_class = SlimConfig
+    paper = (
+        'Z. Liu, J. Li, Z. Shen, G. Huang, S. Yan, C. Zhang, '
+        '"Learning Efficient Convolutional Networks through Network Slimming", ICCV 2017'
+    )
 
     def setup(self):
         self.bns = list(dict.fromkeys(
@@ -184,6 +194,8 @@ class SlimMethod(_TPImportanceMethod):
 @register_method("random")
 class RandomMethod(PruningMethod):
     """Uniformly random scores, seeded by ``prune(seed=...)``."""
+
+    paper = 'none (a baseline: channels chosen at random)'
 
     config_class = BaselineConfig
     state_attributes = ("generator_state",)

@@ -59,6 +59,10 @@ class TaylorIterativeMethod(TaylorMethod):
     """Iterative Taylor pruning: ``prune_steps`` re-scorings on the gated model while it trains."""
 
     config_class = TaylorIterativeConfig
+    paper = (
+        'P. Molchanov, A. Mallya, S. Tyree, I. Frosio, J. Kautz, '
+        '"Importance Estimation for Neural Network Pruning", CVPR 2019 (iterative schedule)'
+    )
     normalize = None  # scores() are already mean-normalised over each group's open channels
     state_attributes = ("steps_done", "closed_per_step", "step_ratios", "last_selection")
 

@@ -1,6 +1,7 @@
 """PAAM: Pruning by Active Attention Manipulation (Babaiee et al., 2022).
 
-Paper: ``shared/papers/000_f16fe4b98ce40b6e.txt`` (sections 2.2-2.7, Algorithm 1).
+Paper: Z. Babaiee, L. Liebenwein, R. Hasani, D. Rus, R. Grosu, *Pruning by Active
+Attention Manipulation*, preprint, 2022 (sections 2.2-2.7, Algorithm 1); see ``docs/methods.md``.
 Each channel group gets an attention network (AN) whose input is the group's
 filter weights, one row per channel (a conv's ``C*K*K`` weights, concatenated over
 every producer of the group's channels), and whose output is one score per channel:
@@ -18,7 +19,7 @@ BatchNorm in eval mode, analog gates, loss = task + ``lam * sum_g w_g * |S_g|_1`
 and a CNN phase (AN frozen, binary gates from the budget search on the current
 scores), then removal of the closed channels and fine-tuning.
 
-Choices where the paper is silent or does not fit a library (see ``shared/METHODS.md``):
+Choices where the paper is silent or does not fit a library (see ``docs/methods.md``):
 
 * the per-layer FLOPs balancing of section 3.1 is generalised to per-channel cost
   weights ``w``: what closing the channel saves in ``target`` (params or MACs),
@@ -179,6 +180,10 @@ class PAAMMethod(PruningMethod):
     """PAAM (Babaiee et al. 2022): attention over filter weights, alternating AN/CNN training."""
 
     config_class = PAAMConfig
+    paper = (
+        'Z. Babaiee, L. Liebenwein, R. Hasani, D. Rus, R. Grosu, '
+        '"Pruning by Active Attention Manipulation", preprint, 2022'
+    )
     normalize = None  # every group's scores live on one scale, trained by one cost-weighted L1
     #: The controller's step: lam is multiplied or divided by (1 + gain) each AN step.
     gain = 0.05

@@ -1,6 +1,7 @@
 """SbF-Pruner: End-to-End Sensitivity-Based Filter Pruning (Babaiee et al.).
 
-Paper: ``shared/papers/001_d5b427d1b93cb890.txt``. The earlier form of PAAM-vanilla:
+Paper: Z. Babaiee, L. Liebenwein, R. Hasani, D. Rus, R. Grosu, *End-to-End
+Sensitivity-Based Filter Pruning*, preprint, 2022 (see ``docs/methods.md``). The earlier form of PAAM-vanilla:
 the same attention over filter weights and leaky-exponential scores, but a *fixed*
 threshold of 0.5 decides which filters stay, so the budget is steered through the
 L1 weight ``lam`` only and the ratio reached can differ from the one asked. The
@@ -40,6 +41,10 @@ class SbFMethod(PAAMMethod):
     """SbF-Pruner: vanilla PAAM attention with a fixed 0.5 threshold."""
 
     config_class = SbFConfig
+    paper = (
+        'Z. Babaiee, L. Liebenwein, R. Hasani, D. Rus, R. Grosu, '
+        '"End-to-End Sensitivity-Based Filter Pruning", preprint, 2022'
+    )
 
     def setup(self) -> None:
         super().setup()

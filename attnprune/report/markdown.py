@@ -21,7 +21,7 @@ from typing import Any
 from .._files import write_text
 from .plots import kept_per_group, plot_kept_channels, plot_score_histogram, report_dict
 
-__all__ = ["KEPT_PNG", "SCORES_PNG", "render_markdown", "write_report", "read_report"]
+__all__ = ["KEPT_PNG", "SCORES_PNG", "render_markdown", "write_report", "read_report", "kept_label", "phase_labels"]
 
 KEPT_PNG = "kept_channels.png"
 """File name of the kept-channels figure in a report folder."""
@@ -60,6 +60,40 @@ def _scalar(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return _cell(v)
+
+
+_GROUP_NOTE = ("A group is the set of channels torch-pruning removes together (a layer's output "
+               "channels and every layer they flow into, e.g. all convolutions feeding one residual sum); "
+               "it is named after its root layer, the first layer of the group in the dependency graph.")
+
+_TARGET_NAMES = {"params": "Params", "macs": "MACs", "latency": "Latency"}
+
+
+def kept_label(target: Any) -> str:
+    """The history column of the kept fraction, named after the budget's target (``"MACs kept"``)."""
+    return f"{_TARGET_NAMES.get(str(target), str(target).capitalize())} kept"
+
+
+def phase_labels(history: list[Mapping]) -> list[str]:
+    """Each history row's phase name, with its cycle when the phase runs more than once.
+
+    A record's own ``cycle`` (0-based, as :attr:`attnprune.methods.Phase.cycle`) is used
+    when it has one; otherwise a new run of a phase starts where the phase name changes or
+    its epoch count starts again, and runs of the same name are numbered 1, 2, ...
+    (``an (cycle 2)``). A phase that runs once keeps its bare name.
+    """
+    runs: list[tuple[str, int | None]] = []
+    prev_name, prev_epoch = None, None
+    counts: Counter = Counter()
+    for h in history:
+        name, epoch, cycle = str(h.get("phase")), h.get("epoch"), h.get("cycle")
+        new_run = name != prev_name or not (isinstance(epoch, int) and isinstance(prev_epoch, int)
+                                            and epoch > prev_epoch)
+        if new_run:
+            counts[name] += 1
+        runs.append((name, cycle + 1 if isinstance(cycle, int) else counts[name]))
+        prev_name, prev_epoch = name, epoch
+    return [f"{name} (cycle {n})" if counts[name] > 1 else name for name, n in runs]
 
 
 def _bench_markdown(bench: Any) -> str:
@@ -130,7 +164,7 @@ def render_markdown(report: Any, *, bench: Any = None, images: Mapping[str, str]
         lines += ["", "## Kept channels per group", ""]
         if "kept" in images:
             lines += [f"![Kept vs total channels per group]({images['kept']})", ""]
-        lines += ["| # | Group | Kept | Total | Kept % |", "|--:|:--|--:|--:|--:|"]
+        lines += [_GROUP_NOTE, "", "| # | Group | Kept | Total | Kept % |", "|--:|:--|--:|--:|--:|"]
         for i, (name, k, t) in enumerate(groups):
             lines.append(f"| {i} | `{_cell(name)}` | {k} | {t} | {_pct(k / t if t else None)} |")
         lines.append(f"| | **all** | **{kept_all}** | **{total_all}** | "
@@ -143,16 +177,15 @@ def render_markdown(report: Any, *, bench: Any = None, images: Mapping[str, str]
         if isinstance(thr, (int, float)) and math.isfinite(thr):
             lines += ["", f"Final threshold: {thr:.4g}."]
 
-    history = rep.get("history") or []
+    history = [h if isinstance(h, Mapping) else vars(h) for h in rep.get("history") or []]
     if history:
         lines += ["", "## Training history", "",
-                  "| Phase | Epoch | Loss | Params kept | Accuracy % | Seconds |",
+                  f"| Phase | Epoch | Loss | {kept_label(target)} | Accuracy % | Seconds |",
                   "|:--|--:|--:|--:|--:|--:|"]
-        for h in history:
-            h = h if isinstance(h, Mapping) else vars(h)
+        for h, phase in zip(history, phase_labels(history)):
             loss, acc, sec = h.get("loss"), h.get("accuracy"), h.get("seconds")
             lines.append(
-                f"| {_cell(h.get('phase'))} | {h.get('epoch')} | "
+                f"| {_cell(phase)} | {h.get('epoch')} | "
                 f"{f'{loss:.4f}' if isinstance(loss, (int, float)) else 'n/a'} | {_pct(h.get('kept'))} | "
                 f"{f'{acc:.2f}' if isinstance(acc, (int, float)) else 'n/a'} | "
                 f"{f'{sec:.1f}' if isinstance(sec, (int, float)) else 'n/a'} |"
