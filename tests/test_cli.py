@@ -275,7 +275,8 @@ def test_method_help_lists_its_typed_flags_with_its_defaults(method, capsys):
         shown = section[at:].split("; default: ", 1)[1].split("]", 1)[0]
         assert shown == ("none" if default is None else str(default)), (method, flag)
         if spec.choices is not None:
-            assert "{" + ",".join(map(str, spec.choices)) + "}" in section[at:at + 200]
+            shown_choices = ("none" if c is None else str(c) for c in spec.choices)  # None is typed as `none`
+            assert "{" + ",".join(shown_choices) + "}" in section[at:at + 200]
 
 
 def test_defaults_differ_between_methods(capsys):
