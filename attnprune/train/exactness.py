@@ -27,6 +27,9 @@ import warnings
 import torch
 import torch.nn as nn
 
+from .._batch import call_model
+from .._modes import eval_mode
+from .._tree import flatten_tensors
 from ..core.instrument import Instrumented, instrument
 from ..errors import EquivalenceError, UnsupportedModelError
 
@@ -94,7 +97,9 @@ def check_exact(copy_of_model: nn.Module, example_inputs, ignored_layers=None, r
     Raises:
         UnsupportedModelError: The pruned copy fails to run, or differs from the
             gated copy; the message gives the reason.
+        ValueError: The model's outputs on ``example_inputs`` are not finite.
     """
+    _check_finite_output(copy_of_model, example_inputs)
     inst = instrument(copy_of_model, example_inputs, ignored_layers=ignored_layers)
     try:
         inst.set_masks(random_closed_masks(inst))
@@ -115,6 +120,17 @@ def check_exact(copy_of_model: nn.Module, example_inputs, ignored_layers=None, r
         ) from exc
     finally:
         inst.remove()
+
+
+def _check_finite_output(model: nn.Module, example_inputs) -> None:
+    """Equivalence cannot be judged on NaN: refuse non-finite outputs on the example inputs."""
+    with eval_mode(model), torch.no_grad():
+        out = call_model(model, example_inputs)
+    if not all(bool(torch.isfinite(t).all()) for t in flatten_tensors(out) if t.is_floating_point()):
+        raise ValueError(
+            "the model's outputs on the example inputs (the loader's first sample unless example_inputs "
+            "is given) contain NaN or infinite values; check those inputs and the model's weights"
+        )
 
 
 def dry_copy(model: nn.Module) -> nn.Module:
