@@ -258,9 +258,12 @@ class Checkpointer:
     """Writes and reads the checkpoint of one run.
 
     Args:
-        checkpoint_dir: The folder (created on rank 0 when needed).
-        fingerprint: What identifies the run (method, budget, config, seed, model
-            shapes, world size); a checkpoint of another run is refused.
+        checkpoint_dir: The folder (created on rank 0 when needed, and checked
+            writable there: an ``OSError`` before any training otherwise).
+        fingerprint: What identifies the run (:mod:`attnprune.train.fingerprint`:
+            method, budget, config, seed, world size, ignored layers, starting
+            weights, data); a checkpoint of another run is refused, naming the
+            differing fields.
         loader: The training loader, whose generators are saved per rank.
         distributed: The run trains over the process group: random states are
             gathered from every rank. Otherwise only this process's are kept (and
