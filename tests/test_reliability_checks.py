@@ -16,10 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
 from attnprune import cli
-from attnprune.core.groups import shared_parameters
 from attnprune.deploy.serialize import save
 from attnprune.models import resnet20
-from attnprune.train.divergence import diagnose
 from attnprune.train.runner import evaluate
 
 FAST = dict(method="l1", warmup_epochs=1, finetune_epochs=1, progress=False, seed=0)
@@ -52,6 +50,8 @@ def read_only_dir(tmp_path: Path) -> Path:
 
 # -- 2: tied weights -------------------------------------------------------------------
 def test_analytic_count_counts_a_shared_tensor_once():
+    from attnprune.core.groups import shared_parameters
+
     model = TiedNet()
     assert shared_parameters(model) == [["c2.weight", "c3.weight"]]
     with attnprune.instrument(model, torch.randn(1, 1, 16, 16)) as inst:
@@ -173,6 +173,8 @@ def test_divergence_names_the_loss():
 
 
 def test_divergence_names_the_weights():
+    from attnprune.train.divergence import diagnose
+
     model = SmallConvNet()
     with torch.no_grad():
         model.c2.weight[0, 0, 0, 0] = math.inf

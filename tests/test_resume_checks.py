@@ -9,8 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
 from attnprune.models import resnet20
-from attnprune.train.checkpoint import CHECKPOINT_NAME, FORMAT, atomic_save, load_checkpoint, pack
-from attnprune.train.fingerprint import data_fingerprint
+from attnprune.train.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
 
 SCHEDULE = dict(method="random", warmup_epochs=2, finetune_epochs=1, seed=3, progress=False)
 
@@ -73,6 +72,8 @@ def test_the_users_modules_as_ignored_layers_resume(tmp_path):
 
 
 def test_data_fingerprint_does_not_draw_from_the_loader():
+    from attnprune.train.fingerprint import data_fingerprint
+
     data = loader()
     before = torch.get_rng_state(), data.generator.get_state()
     fp = data_fingerprint(data)
@@ -88,6 +89,8 @@ def test_format_1_checkpoint_is_refused_as_older(tmp_path):
     atomic_save({**state, "format": 1}, path)  # the layout attnprune 0.1 wrote
     with pytest.raises(ValueError, match=r"format 1, written by an older attnprune; this version reads format 2"):
         load_checkpoint(tmp_path)
+    from attnprune.train.checkpoint import FORMAT
+
     assert FORMAT == 2
 
 
@@ -104,6 +107,8 @@ def test_edited_checkpoint_is_refused_by_its_checksum(tmp_path):
 
 @pytest.mark.parametrize("key", ["model", "method", "ranks"])
 def test_checkpoint_missing_a_key_is_refused_naming_it(tmp_path, key):
+    from attnprune.train.checkpoint import pack
+
     interrupted(tmp_path)
     state = load_checkpoint(tmp_path)
     del state[key]
