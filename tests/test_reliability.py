@@ -78,6 +78,61 @@ class SmallConvNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class TiedNet(SmallConvNet):
+    """c3 holds c2's weight tensor (tied weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c3.weight = self.c2.weight
+
+    def forward(self, x):
+        x = F.relu(self.b1(self.c1(x)))
+        x = F.relu(self.b2(self.c2(x)))
+        return self.fc(self.c3(x).mean((2, 3)))
+
+
+class ViewNet(SmallConvNet):
+    """A hard-coded channel count in ``view``."""
+
+    def forward(self, x):
+        x = F.relu(self.b2(self.c2(F.relu(self.b1(self.c1(x))))))
+        return self.fc(x.mean(3).view(x.shape[0], 8, 16).mean(2))
+
+
+class ReshapeNet(SmallConvNet):
+    """A hard-coded reshape of the feature map."""
+
+    def forward(self, x):
+        x = F.relu(self.b2(self.c2(F.relu(self.b1(self.c1(x))))))
+        return self.fc(x.reshape(-1, 8, 256).mean(2))
+
+
+class BufferNet(SmallConvNet):
+    """A per-channel buffer torch-pruning does not resize."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 8).view(1, 8, 1, 1))
+
+    def forward(self, x):
+        x = F.relu(self.b1(self.c1(x))) * self.scale
+        x = F.relu(self.b2(self.c2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class TupleNet(SmallConvNet):
+    """Returns (logits, features)."""
+
+    def forward(self, x):
+        x = F.relu(self.b2(self.c2(F.relu(self.b1(self.c1(x))))))
+        return self.fc(x.mean((2, 3))), x
+
+
+def first_ce(out, y):
+    return F.cross_entropy(out[0], y)
+
+
 x16 = lambda n=4, c=1: torch.randn(n, c, 16, 16)  # noqa: E731
 y10 = lambda n=4, hi=10: torch.randint(0, hi, (n,))  # noqa: E731
 
@@ -133,6 +188,50 @@ BAD_INPUT = {
     "every_group_ignored": (dict(model=SmallConvNet, ignored_layers=["c1", "c2"]), UnsupportedModelError,
                             r"no prunable channel group \(every group is ignored"),
     "no_prunable_layer": (dict(model=NoPrunable), UnsupportedModelError, r"no prunable channel group"),
+    # issue 15: tied weights, evaluation data, exactness, single-use loaders, option values
+    "tied_weights": (dict(model=TiedNet), UnsupportedModelError,
+                     r"modules 'c2' and 'c3' share one parameter \(c2\.weight = c3\.weight\)"),
+    "eval_loader_empty": (dict(eval_loader=[]), ValueError, r"eval_loader is empty"),
+    "eval_loader_single_use": (dict(eval_loader=iter([(x16(), y10())])), TypeError,
+                               r"eval_loader must be re-iterable.*a DataLoader or a list"),
+    "eval_targets_n_by_1": (dict(eval_loader=[(x16(), y10().unsqueeze(1))]), ValueError,
+                            r"eval_loader cannot be scored: cannot score targets of shape \(2, 1\)"),
+    "eval_targets_float": (dict(eval_loader=[(x16(), torch.rand(4))]), ValueError,
+                           r"eval_loader cannot be scored: accuracy needs integer class indices"),
+    "eval_model_returns_tuple": (dict(model=TupleNet, loss_fn=first_ce, eval_loader=[(x16(), y10())]), TypeError,
+                                 r"eval_loader cannot be scored: accuracy needs the model to return one tensor"),
+    "eval_metric_not_callable": (dict(eval_metric=3), TypeError, r"eval_metric must be callable"),
+    "eval_metric_bad_result": (dict(eval_metric=lambda o, y: "good", eval_loader=[(x16(), y10())]), TypeError,
+                               r"eval_metric\(outputs, targets\) must return \(correct, total\)"),
+    "hard_coded_view": (dict(model=ViewNet), UnsupportedModelError,
+                        r"ViewNet cannot be pruned exactly: once channels are removed its forward fails"),
+    "hard_coded_reshape": (dict(model=ReshapeNet), UnsupportedModelError,
+                           r"ReshapeNet cannot be pruned exactly.*hard-coded channel count"),
+    "per_channel_buffer": (dict(model=BufferNet), UnsupportedModelError, r"BufferNet cannot be pruned exactly"),
+    "half_model": (dict(model=lambda: SmallConvNet().half()), UnsupportedModelError,
+                   r"float16 .*use a float32 model; mixed-precision training is the amp option"),
+    "bfloat16_model": (dict(model=lambda: SmallConvNet().to(torch.bfloat16)), UnsupportedModelError,
+                       r"bfloat16 .*use a float32 model"),
+    "loader_generator": (dict(loader=(b for b in [(x16(), y10())])), TypeError,
+                         r"loader must be re-iterable.*generator"),
+    "loader_iter_dataloader": (dict(loader=iter(tiny_data())), TypeError,
+                               r"loader must be re-iterable.*iter\(DataLoader\)"),
+    "non_finite_example": (dict(loader=[(x16() * math.nan, y10())]), ValueError,
+                           r"outputs on the example inputs .* contain NaN"),
+    "finetune_lr_string": (dict(finetune_lr="x"), ValueError, r"option 'finetune_lr' of PAAMConfig must be a number"),
+    "lam_inf": (dict(lam=math.inf), ValueError, r"option 'lam' of PAAMConfig .*finite"),
+    "lr_inf": (dict(lr=math.inf), ValueError, r"option 'lr' of PAAMConfig .*finite"),
+    "slope_inf": (dict(slope=math.inf), ValueError, r"option 'slope' of PAAMConfig .*finite"),
+    "lr_bool": (dict(lr=True), ValueError, r"option 'lr' of PAAMConfig must be a number.*got True"),
+    "steps_per_epoch_bool": (dict(steps_per_epoch=True), ValueError, r"option 'steps_per_epoch' .*got True"),
+    "momentum_two": (dict(momentum=2), ValueError, r"option 'momentum' of PAAMConfig must be a number >= 0 and < 1"),
+    "vanilla_max_elements_negative": (dict(vanilla_max_elements=-1), ValueError,
+                                      r"option 'vanilla_max_elements' of PAAMConfig must be an int >= 0"),
+    "seed_too_large": (dict(seed=2**70), ValueError, r"seed must be None or an int >= 0 and < 2\*\*64"),
+    "trained_not_bool": (dict(trained="no"), TypeError, r"trained must be True or False, got 'no'"),
+    "pretrained_not_bool": (dict(pretrained="no"), TypeError, r"pretrained must be True or False, got 'no'"),
+    "unreachable_ratio_digits": (dict(model=SmallConvNet, ratio=0.999999), BudgetError,
+                                 r"ratio 0\.999999 of params cannot be reached"),
 }
 
 
@@ -142,7 +241,7 @@ def test_bad_input_is_rejected_before_training(model, case, method):
     changes, error, pattern = BAD_INPUT[case]
     args = dict(loader=tiny_data(), ratio=0.5, method=method, progress=False)
     args.update(changes)
-    if isinstance(args.get("model"), type):
+    if callable(args.get("model")):  # a model class or factory
         torch.manual_seed(0)
         model = args["model"]()
     args.pop("model", None)

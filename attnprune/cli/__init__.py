@@ -23,7 +23,8 @@ Examples:
         attnprune report --report run/report.json
 
 Exit codes: 0 on success, 2 for a bad argument (the message names it and the
-valid choices), 1 for other failures, 130 when interrupted.
+valid choices), 1 for other failures (a file that cannot be written: one line, no traceback),
+130 when interrupted.
 
 Modules: :mod:`~attnprune.cli.parser` (the parser),
 :mod:`~attnprune.cli.method_flags` (typed flags from the option schema),
@@ -38,7 +39,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .common import PROG, CLIError
+from .common import PROG, CLIError, os_error_message
 from .parser import build_parser, method_in
 from .wording import cli_wording
 
@@ -77,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except AttnpruneError as exc:
         print(f"{PROG}: error: {type(exc).__name__}: {cli_wording(str(exc))}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a folder or file that cannot be written or read
+        print(f"{PROG}: error: {os_error_message(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -20,6 +20,7 @@ __all__ = [
     "read_model_info",
     "load_model_file",
     "input_shape",
+    "os_error_message",
 ]
 
 PROG = "attnprune"
@@ -143,3 +144,11 @@ def input_shape(args: argparse.Namespace, header: dict | None) -> list[int]:
     if isinstance(shape, list) and shape and all(isinstance(d, int) for d in shape):
         return [1, *shape[1:]]
     raise CLIError("--input-shape is required: the model file records no example input shape (e.g. 1,3,224,224)")
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a failed file operation: what failed, on which path, and why."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None:
+        return f"{reason}: {exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    return reason

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._digits import fraction_texts
 from ..errors import BudgetError
 from .cost import TARGETS, CostModel, check_target
 
@@ -182,10 +183,11 @@ class _Search:
 
 
 def _unreachable(ratio: float, target: str, round_to, min_keep: int, top_ratio: float) -> BudgetError:
+    asked, top = fraction_texts(ratio, top_ratio)  # 0.999999 must not read "1.000"
     return BudgetError(
-        f"ratio {ratio:.3f} of {target} cannot be reached: keeping at least "
+        f"ratio {asked} of {target} cannot be reached: keeping at least "
         f"{min_keep} channel(s){f' (multiples of {round_to})' if round_to else ''} per group, "
-        f"the largest reachable ratio is {top_ratio:.3f}"
+        f"the largest reachable ratio is {top}"
     )
 
 

@@ -8,7 +8,7 @@ sizes recorded once from a forward pass. The formulas are fvcore's
 multiply-accumulates, a linear ``in * out`` per token, an eval-mode BatchNorm two
 per element, an instance/group norm five per element; bias additions, activations
 and pooling are not counted by layer formulas. Parameters are counted exactly
-(all of them, head and norms included).
+(all of them, head and norms included; a tensor two layers share, once).
 
 Targets: every count for a budget target goes through :meth:`CostModel.dense`,
 :meth:`CostModel.of` and :meth:`CostModel.removed`, which raise for a target not
@@ -54,6 +54,11 @@ class LayerCost:
     out_spans: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     in_spans: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     spatial: list[int] = field(default_factory=list)  # per call, per sample
+    shared: frozenset[str] = frozenset()  # own parameters an earlier layer holds too: counted there
+
+    def _own(self, name: str, numel: int) -> int:
+        """``numel`` unless parameter ``name`` is counted by an earlier layer (a tied tensor)."""
+        return 0 if name in self.shared else numel
 
     def kept(self, closed: list[torch.Tensor]) -> tuple[int, int]:
         """Kept (out, in) channels given each group's closed-channel mask."""
@@ -76,14 +81,15 @@ class LayerCost:
                 w = k_in * (k_out // groups) * ksize
             else:
                 w = k_out * (k_in // groups) * ksize
-            params = w + (k_out if m.bias is not None else 0)
+            params = self._own("weight", w) + (self._own("bias", k_out) if m.bias is not None else 0)
             return params, w * sum(self.spatial)
         if isinstance(m, nn.Linear):
             w = k_out * k_in
-            return w + (k_out if m.bias is not None else 0), w * sum(self.spatial)
+            return (self._own("weight", w) + (self._own("bias", k_out) if m.bias is not None else 0),
+                    w * sum(self.spatial))
         if isinstance(m, POOL_TYPES):
             return 0, k_in * sum(self.spatial)  # fvcore: one per input element
-        own = sum(p.numel() for p in m.parameters(recurse=False))
+        own = sum(self._own(n, p.numel()) for n, p in m.named_parameters(recurse=False))
         if isinstance(m, nn.PReLU) and m.num_parameters == 1:
             return own, 0
         params = own * k_out // max(self.c_out, 1)
@@ -126,12 +132,15 @@ class CostModel:
         self.groups = groups
         self.layers: list[LayerCost] = []
         by_module: dict[nn.Module, LayerCost] = {}
+        seen: set[int] = set()  # a tensor shared by two layers (tied weights) is counted once
         for name, m in model.named_modules():
             if isinstance(m, POOL_TYPES) or (
                 isinstance(m, _COUNTED) and any(True for _ in m.parameters(recurse=False))
             ):
                 c_out, c_in = _channels(m)
-                lc = LayerCost(name=name, module=m, c_out=c_out, c_in=c_in)
+                shared = frozenset(n for n, p in m.named_parameters(recurse=False) if id(p) in seen)
+                seen.update(id(p) for p in m.parameters(recurse=False))
+                lc = LayerCost(name=name, module=m, c_out=c_out, c_in=c_in, shared=shared)
                 self.layers.append(lc)
                 by_module[m] = lc
         counted = {id(p) for lc in self.layers for p in lc.module.parameters(recurse=False)}

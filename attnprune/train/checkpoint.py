@@ -24,6 +24,12 @@ A checkpoint holds:
 Files are written atomically (a temporary file in the same folder, then
 ``os.replace``), by rank 0 only, and read back with ``torch.load(weights_only=True)``.
 
+Format 2 (this version): the file holds ``{"format": 2, "sha256": ..., "payload":
+...}`` where ``payload`` is the serialised checkpoint (a uint8 tensor) and
+``sha256`` its SHA-256. Reading checks the checksum (a damaged or edited file
+is refused), then that every key the stage needs is present (:data:`REQUIRED`);
+a format-1 file (attnprune 0.1) is refused as written by an older attnprune.
+
 Limits of bit-identical resumption:
 
 * randomness the checkpoint cannot reach is not restored: a sampler or dataset
@@ -41,8 +47,11 @@ Limits of bit-identical resumption:
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +60,19 @@ import torch
 from .._files import atomic_file
 from . import distributed as dist_util
 
-__all__ = ["CHECKPOINT_NAME", "atomic_save", "load_checkpoint", "rng_state", "set_rng_state",
-           "loader_generators", "plain", "Checkpointer"]
+__all__ = ["CHECKPOINT_NAME", "FORMAT", "REQUIRED", "atomic_save", "load_checkpoint", "pack", "check_writable",
+           "rng_state", "set_rng_state", "loader_generators", "plain", "Checkpointer"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT = 1
+FORMAT = 2
+
+#: Keys every checkpoint holds, and those of each stage.
+REQUIRED = {
+    "all": ("stage", "phase", "epoch", "model", "optim", "history", "epochs_done", "acc_before",
+            "acc_removal", "fingerprint", "ranks"),
+    "train": ("method", "gates"),
+    "finetune": ("masks", "selection", "method_report"),
+}
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -72,18 +89,77 @@ def load_checkpoint(checkpoint_dir: str | os.PathLike) -> dict | None:
     """The checkpoint in ``checkpoint_dir``, or None when there is none.
 
     Raises:
-        ValueError: The file exists but is not a checkpoint of this format.
+        ValueError: The file exists but is not a readable checkpoint of this format:
+            unreadable, of another format (format 1: written by an older attnprune),
+            damaged or edited (checksum mismatch), or missing keys (named).
     """
     path = Path(checkpoint_dir) / CHECKPOINT_NAME
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        outer = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"cannot read the checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an attnprune checkpoint of format {FORMAT}")
+    if not isinstance(outer, dict) or "format" not in outer:
+        raise ValueError(f"{path} is not an attnprune checkpoint (no format field)")
+    if outer["format"] != FORMAT:
+        older = isinstance(outer["format"], int) and outer["format"] < FORMAT
+        raise ValueError(
+            f"{path} is a checkpoint of format {outer['format']!r}"
+            + (", written by an older attnprune" if older else "")
+            + f"; this version reads format {FORMAT}: pass resume=False to start over"
+        )
+    payload, digest = outer.get("payload"), outer.get("sha256")
+    if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8 or not isinstance(digest, str):
+        raise ValueError(f"{path} is damaged: it lacks the payload or its checksum")
+    data = payload.numpy().tobytes()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ValueError(f"{path} is damaged or was edited: the checksum of its payload does not match; "
+                         "pass resume=False to start over")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pragma: no cover - the checksum matched what was written
+        raise ValueError(f"cannot read the payload of {path}: {type(exc).__name__}: {exc}") from exc
+    _check_keys(state, path)
     return state
+
+
+def _check_keys(state, path: Path) -> None:
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: the payload is a {type(state).__name__}, not a checkpoint dict")
+    stage = state.get("stage")
+    if stage not in ("train", "finetune"):
+        raise ValueError(f"{path}: unknown stage {stage!r} (expected 'train' or 'finetune')")
+    missing = [k for k in REQUIRED["all"] + REQUIRED[stage] if k not in state]
+    if missing:
+        raise ValueError(f"{path} lacks the key(s) {missing} of a {stage!r} checkpoint; it is damaged or "
+                         "was edited: pass resume=False to start over")
+
+
+def pack(state: dict) -> dict:
+    """The format-2 file content of ``state``: the serialised payload and its SHA-256."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    return {"format": FORMAT, "sha256": hashlib.sha256(data).hexdigest(),
+            "payload": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
+
+
+def check_writable(checkpoint_dir: str | os.PathLike) -> None:
+    """Create ``checkpoint_dir`` if needed and check a file can be written there.
+
+    Raises:
+        OSError: naming ``checkpoint_dir`` and the reason (before any training).
+    """
+    path = Path(checkpoint_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"checkpoint_dir={str(path)!r} is not writable ({exc.strerror or exc})"
+                        ) from exc
 
 
 def plain(value):
@@ -182,9 +258,12 @@ class Checkpointer:
     """Writes and reads the checkpoint of one run.
 
     Args:
-        checkpoint_dir: The folder (created on rank 0 when needed).
-        fingerprint: What identifies the run (method, budget, config, seed, model
-            shapes, world size); a checkpoint of another run is refused.
+        checkpoint_dir: The folder (created on rank 0 when needed, and checked
+            writable there: an ``OSError`` before any training otherwise).
+        fingerprint: What identifies the run (:mod:`attnprune.train.fingerprint`:
+            method, budget, config, seed, world size, ignored layers, starting
+            weights, data); a checkpoint of another run is refused, naming the
+            differing fields.
         loader: The training loader, whose generators are saved per rank.
         distributed: The run trains over the process group: random states are
             gathered from every rank. Otherwise only this process's are kept (and
@@ -198,7 +277,7 @@ class Checkpointer:
         self.loader = loader
         self.distributed = distributed
         if dist_util.is_main():
-            self.dir.mkdir(parents=True, exist_ok=True)
+            check_writable(self.dir)
 
     def load(self) -> dict | None:
         """The checkpoint of this run, or None when the folder has none.
@@ -226,8 +305,8 @@ class Checkpointer:
         if not dist_util.is_main():
             return
         out = _cpu(dict(state))
-        out.update(format=FORMAT, fingerprint=self.fingerprint, ranks=_cpu(ranks))
-        atomic_save(out, self.path)
+        out.update(fingerprint=self.fingerprint, ranks=_cpu(ranks))
+        atomic_save(pack(out), self.path)
 
     def restore_random(self, state: dict) -> None:
         """Restore this rank's random and loader-generator states from ``state``."""

@@ -123,8 +123,9 @@ def resolve_distributed(distributed) -> bool:
 
 
 def check_seed(seed) -> None:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
+    """``seed`` is None or an int in torch's seed range [0, 2**64)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+        raise ValueError(f"seed must be None or an int >= 0 and < 2**64 (torch's seed range), got {seed!r}")
 
 
 def check_resume(resume, checkpoint_dir) -> None:

@@ -14,7 +14,6 @@ Ctrl-C, leaves it exactly as it was. Optional checkpoints
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import os
 import time
@@ -25,13 +24,16 @@ import torch.nn as nn
 
 from .._batch import to_device as _to, unpack_batch
 from ..core.budget import check_ratio, check_round_to, check_target
+from ..core.groups import check_untied
 from ..core.instrument import instrument
 from ..methods import get_method, make_config
 from ..methods.base import Budget, Context, Phase, PruningMethod
-from . import checks, distributed as dist_util
-from .checkpoint import Checkpointer, plain
+from . import checks, data_checks, distributed as dist_util, exactness
+from .checkpoint import Checkpointer
+from .fingerprint import ignored_names, run_fingerprint
 from .result import GroupReport, PruneReport, PruneResult
 from .runner import Runner, evaluate
+from .scoring import Metric, check_metric
 from .seeding import seed_run
 from .stages import ChannelRemoval, Checkpoints, FineTune, MethodPhases, RunRecord
 
@@ -49,6 +51,7 @@ def prune(
     *,
     example_inputs=None,
     eval_loader: Iterable | None = None,
+    eval_metric: Metric | None = None,
     loss_fn: Callable | None = None,
     device=None,
     ignored_layers=None,
@@ -71,7 +74,10 @@ def prune(
     every hook and leaves the model exactly as it was.
 
     Args:
-        model: The CNN to prune. It is copied; the original is never modified.
+        model: The CNN to prune, in float32. It is copied; the original is never
+            modified. A ``torch.compile``d model is pruned through its original
+            module (with a warning); a model whose modules share a parameter
+            (tied weights) is refused.
         loader: Training data, yielding ``(inputs, targets)``. Under
             DistributedDataParallel give it a ``DistributedSampler`` (its epoch
             is set before every epoch).
@@ -81,10 +87,18 @@ def prune(
         method: A registered method: see :func:`attnprune.available_methods`.
         target: ``"params"`` or ``"macs"``.
         example_inputs: One batch for tracing (default: first sample of ``loader``).
-        eval_loader: Optional held-out data; accuracies are then reported.
+        eval_loader: Optional held-out data; accuracies are then reported. It is
+            checked before training like ``loader`` (re-iterable, non-empty, and
+            its first samples scored by ``eval_metric``).
+        eval_metric: ``eval_metric(outputs, targets)`` per batch of ``eval_loader``,
+            returning ``(correct, total)`` or a mean score in [0, 1]; the reported
+            "accuracy" is then ``100 * sum(correct) / sum(total)`` (see
+            :mod:`attnprune.train.scoring`). Default: top-1 accuracy, which
+            takes class-index or one-hot targets and refuses other shapes.
         loss_fn: ``loss_fn(outputs, targets)`` returning a scalar; default cross-entropy.
         device: Where to train (default: the model's device). Batches are moved there.
-        ignored_layers: Modules or names whose output channels are kept.
+        ignored_layers: Modules (of ``model``) or qualified names whose output
+            channels are kept.
         round_to: Keep a multiple of this many channels per group (±2 points).
         trained: The model is trained already: skip the warm-up (no weights are
             downloaded; this is not torchvision's ``pretrained``).
@@ -121,8 +135,12 @@ def prune(
             choices), a loader that is empty or does not yield ``(inputs,
             targets)`` the model and ``loss_fn`` accept, or a checkpoint of
             another run.
-        attnprune.UnsupportedModelError: The model cannot be gated exactly, or has
-            no prunable channel group (e.g. every group is ignored).
+        attnprune.UnsupportedModelError: The model cannot be gated or pruned exactly
+            (found by a dry finalize on a copy right after instrumenting: a
+            hard-coded channel count, a per-channel buffer), has tied weights or
+            half/bfloat16 parameters, or has no prunable channel group (e.g. every
+            group is ignored).
+        OSError: ``checkpoint_dir`` cannot be written (before training).
         attnprune.errors.BudgetError: The ratio cannot be reached (the message gives
             the largest reachable one).
         attnprune.TrainingDivergedError: The loss became NaN or infinite (the
@@ -130,6 +148,9 @@ def prune(
     """
     started = time.perf_counter()
     checks.check_model(model)
+    model = exactness.unwrap_compiled(model)
+    exactness.check_float32(model)
+    check_untied(model)
     budget = Budget(check_ratio(ratio), check_target(target), check_round_to(round_to))
     method_cls = get_method(checks.check_method_name(method))
     config = make_config(method_cls, options)
@@ -137,27 +158,37 @@ def prune(
     checks.check_seed(seed)
     trained = checks.resolve_trained(trained, pretrained)
     checks.check_resume(resume, checkpoint_dir)
+    eval_metric = check_metric(eval_metric)
     if eval_loader is not None:
         checks.check_iterable("eval_loader", eval_loader)
+        data_checks.check_reiterable("eval_loader", eval_loader)
+    ignored = ignored_names(model, ignored_layers)
     use_dist = checks.resolve_distributed(distributed)
     device = checks.resolve_device(device, model)
     if seed is not None:
         seed_run(seed, loader)
+    data_checks.check_reiterable("loader", loader)
     first_x, first_y = checks.first_batch(loader)
     explicit = example_inputs is not None
     example_inputs = _to(checks.resolve_example_inputs(example_inputs, first_x), device)
 
     work = copy.deepcopy(model).to(device)
     checks.check_feeds(work, example_inputs, explicit, first_x, first_y, loss_fn, device)
-    inst = instrument(work, example_inputs, ignored_layers=ignored_layers)
+    if eval_loader is not None:
+        data_checks.check_eval_loader(eval_loader, work, device, eval_metric)
+    dry = exactness.dry_copy(work) if method_cls.structured else None
+    inst = instrument(work, example_inputs, ignored_layers=ignored)
     algo: PruningMethod = method_cls(config)
     try:
+        if dry is not None:  # a dry finalize: an inexact model fails now, not after training
+            exactness.check_exact(dry, example_inputs, ignored)
+            dry = None
         if method_cls.structured:
             checks.check_reachable(inst, budget)
         params_before, macs_before = inst.cost.dense_params, inst.cost.dense_macs
         runner = Runner(loader=loader, loss_fn=loss_fn, device=device, eval_loader=eval_loader,
                         steps_per_epoch=config.steps_per_epoch, progress=progress, distributed=use_dist,
-                        seed=seed)
+                        seed=seed, eval_metric=eval_metric)
         steps = runner.steps_in_epoch()
         if use_dist:
             checks.check_distributed_loader(loader, steps)
@@ -168,11 +199,12 @@ def prune(
             dist_util.sync_method(algo)
         checkpointer = None
         if checkpoint_dir is not None:
-            fingerprint = _fingerprint(method, budget, config, trained, seed, work, steps, use_dist)
+            fingerprint = run_fingerprint(method, budget, config, trained, seed, model, steps, use_dist,
+                                          ignored or [], loader)
             checkpointer = Checkpointer(checkpoint_dir, fingerprint, loader, distributed=use_dist)
 
         scorer = None if eval_loader is None else functools.partial(
-            _evaluate_on, eval_loader=eval_loader, device=device, distributed=use_dist)
+            _evaluate_on, eval_loader=eval_loader, device=device, distributed=use_dist, metric=eval_metric)
         record = RunRecord(runner, started=started)
         ckpts = Checkpoints(checkpointer, record)
         phases = algo.phases(trained=trained)
@@ -210,8 +242,9 @@ def _device_batches(loader: Iterable, device):
         yield _to(x, device), _to(y, device)
 
 
-def _evaluate_on(model: nn.Module, *, eval_loader: Iterable, device, distributed: bool) -> float:
-    return evaluate(model, eval_loader, device, distributed=distributed)
+def _evaluate_on(model: nn.Module, *, eval_loader: Iterable, device, distributed: bool,
+                 metric: Metric | None = None) -> float:
+    return evaluate(model, eval_loader, device, distributed=distributed, metric=metric)
 
 
 def _finetune_phase(config) -> Phase:
@@ -245,19 +278,3 @@ def _result(model, method, budget, inst, removal, runner, record, params_before,
     pruned.train(model.training)
     return PruneResult(model=pruned, report=report, pruning_history=inst.pruning_history or [], masks=masks)
 
-
-def _fingerprint(method: str, budget: Budget, config, trained: bool, seed, model: nn.Module,
-                 steps: int | None, distributed: bool) -> dict:
-    """What identifies a run: a checkpoint of another run is refused."""
-    return {
-        "method": method,
-        "ratio": budget.ratio,
-        "target": budget.target,
-        "round_to": budget.round_to,
-        "config": plain(dataclasses.asdict(config)),
-        "trained": bool(trained),
-        "seed": seed,
-        "steps_per_epoch": steps,
-        "world_size": dist_util.world_size() if distributed else 1,
-        "model": [[n, list(p.shape)] for n, p in model.state_dict().items()],
-    }

@@ -36,6 +36,8 @@ from .._modes import eval_mode
 from ..errors import AttnpruneError
 from ..methods.base import Phase, PruningMethod
 from . import distributed as dist_util
+from .divergence import diagnose
+from .scoring import Metric, batch_counts, check_metric
 from .seeding import seed_epoch
 
 __all__ = ["Runner", "evaluate", "TrainingDivergedError", "EpochRecord"]
@@ -59,8 +61,8 @@ class EpochRecord:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device=None, max_batches: int | None = None, *,
-             distributed: bool = False) -> float:
-    """Top-1 accuracy (in %) of ``model`` over ``loader`` in eval mode; modes restored.
+             distributed: bool = False, metric: Metric | None = None) -> float:
+    """Top-1 accuracy (in %) of ``model`` over ``loader`` in eval mode, or ``metric``'s score; modes restored.
 
     Args:
         model: The model.
@@ -69,21 +71,35 @@ def evaluate(model: nn.Module, loader: Iterable, device=None, max_batches: int |
         max_batches: Stop after this many batches.
         distributed: Sum the counts over the processes of the default process group
             (each rank evaluating its shard gives the accuracy over all shards).
+        metric: ``metric(outputs, targets)`` per batch, returning ``(correct, total)``
+            or a mean score in [0, 1] (:mod:`attnprune.train.scoring`); default
+            :func:`~attnprune.train.scoring.top1`, which refuses target shapes it
+            cannot score (e.g. ``(N, 1)``) instead of broadcasting them.
+
+    Returns:
+        ``100 * sum(correct) / sum(total)``.
+
+    Raises:
+        ValueError: The loader yielded no batch, or targets the metric cannot score.
     """
-    correct = total = 0
+    metric = check_metric(metric)
+    correct = total = 0.0
+    batches = 0
     with eval_mode(model):
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
             x, y = unpack_batch(batch)
             x, y = _to(x, device), _to(y, device)
-            pred = _call(model, x).argmax(1)
-            correct += int((pred == y).sum())
-            total += int(y.numel())
+            c, t = batch_counts(metric, _call(model, x), y)
+            correct, total, batches = correct + c, total + t, batches + 1
     if distributed:
-        counts = dist_util.all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64,
+        counts = dist_util.all_reduce_sum(torch.tensor([correct, total, batches], dtype=torch.float64,
                                                        device=_counts_device(model)))
-        correct, total = (int(v) for v in counts.cpu())
+        correct, total, batches = (float(v) for v in counts.cpu())
+    if batches == 0:
+        raise ValueError("eval_loader yielded no batch; it must yield (inputs, targets) pairs "
+                         "(and be re-iterable: a DataLoader or a list)")
     return 100.0 * correct / max(total, 1)
 
 
@@ -154,6 +170,7 @@ class Runner:
         loss_fn: ``loss_fn(outputs, targets) -> scalar``.
         device: Where batches go.
         eval_loader: Optional; accuracy is recorded after each epoch when given.
+        eval_metric: The metric of :func:`evaluate` (None: top-1 accuracy).
         steps_per_epoch: Cap on batches per epoch.
         progress: Show tqdm bars.
         history: Filled with :class:`EpochRecord` entries.
@@ -180,6 +197,7 @@ class Runner:
     distributed: bool = False
     epochs_done: int = 0
     seed: int | None = None
+    eval_metric: Metric | None = None
 
     def __post_init__(self):
         self._live: _Optimisation | None = None
@@ -310,7 +328,8 @@ class Runner:
         rec = EpochRecord(phase=phase.name, epoch=epoch + 1, loss=total_loss / count,
                           kept=None if kept is None else float(kept()))
         if self.eval_loader is not None:
-            rec.accuracy = evaluate(model, self.eval_loader, self.device, distributed=self.distributed)
+            rec.accuracy = evaluate(model, self.eval_loader, self.device, distributed=self.distributed,
+                                    metric=self.eval_metric)
         rec.seconds = time.perf_counter() - t0
         self.history.append(rec)
 
@@ -331,7 +350,7 @@ class Runner:
         if not math.isfinite(total):
             raise TrainingDivergedError(
                 f"loss became {total} in phase {phase.name!r}, epoch {epoch + 1}, "
-                f"step {live.step + 1}; lower the learning rate (lr={phase.lr})"
+                f"step {live.step + 1}: {diagnose(x, net, task_loss, phase.lr)}"
             )
         for o in live.optimizers:
             o.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ checkpoint it adds (``state_dict()``) and has one resume entry point
 
 :class:`RunRecord` holds what every checkpoint carries (the report so far), and
 :class:`Checkpoints` assembles a checkpoint from it and the stages' states (a
-no-op without ``checkpoint_dir``). The layout is format 1 of
+no-op without ``checkpoint_dir``). The layout is format 2 of
 :mod:`attnprune.train.checkpoint`.
 """
 
