@@ -8,7 +8,9 @@ Two checks, each a Python warning (``UserWarning``) and a line of
   :data:`~attnprune.core.separation.SEPARATION_MIN`, a rule that does not
   depend on the method's score scale;
 * the accuracy right after removal is near chance (with an ``eval_loader``):
-  within 10% of the way from chance (``100 / number of outputs``) to 100%.
+  within 10% of the way from chance (``100 / number of outputs``) to 100%,
+  while the accuracy before pruning was not (a model at chance before pruning
+  has not learned the task, and removal is not to blame).
 """
 
 from __future__ import annotations
@@ -53,15 +55,19 @@ def chance_accuracy(model: nn.Module, example_inputs) -> float | None:
     return 100.0 / out.shape[1]
 
 
+def _near_chance(acc: float | None, chance: float | None) -> bool:
+    return acc is not None and chance is not None and acc <= chance + 0.1 * (100.0 - chance)
+
+
 def run_warnings(separation: float | None, acc_removal: float | None, chance: float | None,
-                 acc_after: float | None = None) -> list[str]:
+                 acc_after: float | None = None, acc_before: float | None = None) -> list[str]:
     """The warnings of a run (empty when nothing looks wrong)."""
     out = []
     if separation is not None and separation < SEPARATION_MIN:
         out.append(f"the learned scores did not separate the kept channels from the closed ones (separation "
                    f"index {separation:.2f} < {SEPARATION_MIN:g}): the selection cut through one cluster of "
                    f"scores; {_ADVICE}")
-    if acc_removal is not None and chance is not None and acc_removal <= chance + 0.1 * (100.0 - chance):
+    if _near_chance(acc_removal, chance) and not _near_chance(acc_before, chance):
         after = f", {acc_after:.1f}% after fine-tuning" if acc_after is not None and math.isfinite(acc_after) else ""
         out.append(f"accuracy right after removal is {acc_removal:.1f}%, near chance ({chance:.1f}%){after}: "
                    f"the removed channels mattered; {_ADVICE}")

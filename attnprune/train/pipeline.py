@@ -281,7 +281,7 @@ def prune(
     report.min_keep, report.max_group_ratio = limits.min_keep, limits.max_group_ratio
     report.frozen_layers = frozen
     report.score_separation = separation
-    report.warnings = diagnostics.run_warnings(separation, record.acc_removal, chance, acc_after)
+    report.warnings = diagnostics.run_warnings(separation, record.acc_removal, chance, acc_after, record.acc_before)
     if method_cls.structured:
         hit = limits_hit(inst.cost, result.masks, limits)
         frozen_set = set(frozen)
