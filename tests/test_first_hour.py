@@ -26,7 +26,7 @@ from attnprune.models import resnet20
 from attnprune.report.plots import count_scale
 from attnprune.train import diagnostics
 from attnprune.train.dry_run import DryRunReport
-from attnprune.train.pipeline import TRAINED_LR, _trained_lr
+from attnprune.train.trained_lr import TRAINED_LR, trained_lr as _trained_lr
 
 from _util import assert_unchanged, snapshot
 

@@ -40,15 +40,11 @@ from .result import GroupReport, PruneReport, PruneResult
 from .runner import Runner, evaluate
 from .seeding import seed_run
 from .stages import ChannelRemoval, Checkpoints, FineTune, MethodPhases, RunRecord
+from .trained_lr import TRAINED_LR, trained_lr as _trained_lr
 
 __all__ = ["prune", "PruneResult", "PruneReport", "GroupReport", "DryRunReport", "DEFAULT_METHOD", "TRAINED_LR"]
 
 DEFAULT_METHOD = "paam"
-
-#: The SGD learning rate of the CNN's phases and fine-tuning with ``trained=True``
-#: when ``lr`` is not given (0.05, the default for a model trained from scratch, is
-#: too large for a trained network; measured on Fashion-MNIST, see README).
-TRAINED_LR = 0.01
 
 
 def prune(
@@ -292,14 +288,6 @@ def prune(
         diagnostics.emit(report.warnings)
     return result
 
-
-def _trained_lr(config, options: dict, trained: bool):
-    """With ``trained=True`` and no ``lr`` given, SGD at :data:`TRAINED_LR` (see README, "one call")."""
-    if not trained or "lr" in options or getattr(config, "optimizer", None) != "sgd":
-        return config
-    if not any(f.name == "lr" for f in dataclasses.fields(config)):
-        return config
-    return dataclasses.replace(config, lr=TRAINED_LR)
 
 
 def _device_batches(loader: Iterable, device):
