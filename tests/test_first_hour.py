@@ -157,6 +157,13 @@ def test_prune_reports_groups_at_a_limit(model):
     assert "at a limit" in rep.summary()
 
 
+def test_limits_under_round_to(model):
+    res = attnprune.prune(model, tiny_data(), 0.5, finetune_epochs=0, min_keep=5, round_to=4, **ONE_SHOT)
+    for g in res.report.groups:
+        assert g.kept >= 8 or g.kept == g.total  # 5 channels rounded up to a multiple of 4
+        assert (g.limit == "min_keep") == (g.kept == 8 and g.total > 8)
+
+
 def test_unreachable_ratio_under_a_cap_fails_before_training(model):
     snap = snapshot(model)
     data = CountingLoader(tiny_data())
@@ -380,3 +387,11 @@ def test_one_shot_pruning_trains_nothing(model):
     assert abs(res.report.ratio_achieved - 0.5) <= 0.01
     mask = res.masks[[g.name for g in res.report.groups].index("conv1")]
     assert torch.equal(res.model.conv1.weight, original.conv1.weight[mask])  # weights only sliced
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_float16_with_a_grad_scaler_on_cuda(model):
+    res = attnprune.prune(model, tiny_data(), 0.4, method="paam", warmup_epochs=1, finetune_epochs=1,
+                          amp="float16", device="cuda", progress=False)
+    assert abs(res.report.ratio_achieved - 0.4) <= 0.01
+    assert all(p.dtype == torch.float32 and p.is_cuda for p in res.model.parameters())

@@ -112,13 +112,22 @@ def floor_units(limits: GroupLimits, n_channels: int, ch_groups: int) -> int:
     return math.ceil(floor / ch_groups)
 
 
-def limits_hit(cost, masks: list[torch.Tensor], limits: GroupLimits | None = None) -> list[str | None]:
-    """Per group: ``"min_keep"`` or ``"max_group_ratio"`` when it keeps exactly that limit's floor, else None."""
+def limits_hit(cost, masks: list[torch.Tensor], limits: GroupLimits | None = None,
+               round_to: int | None = None) -> list[str | None]:
+    """Per group: ``"min_keep"`` or ``"max_group_ratio"`` when it keeps no more than that limit's floor.
+
+    The floor is the budget search's: in keep-pattern units, rounded up to the
+    ``round_to`` step. A group kept whole is never at a limit.
+    """
+    from .budget import round_step  # budget imports this module
+
     limits = group_limits(cost, limits)
     out = []
     for g, m in zip(cost.groups, masks):
-        floor, why = limits.floor_channels(g.n_channels)
+        _, why = limits.floor_channels(g.n_channels)
+        step = round_step(round_to, g.ch_groups)
+        units = g.n_channels // g.ch_groups
+        floor = min(math.ceil(max(floor_units(limits, g.n_channels, g.ch_groups), 1) / step) * step, units)
         kept = int(m.sum())
-        out.append(why if why is not None and kept < g.n_channels and
-                   kept <= math.ceil(floor / g.ch_groups) * g.ch_groups else None)
+        out.append(why if why is not None and kept < g.n_channels and kept <= floor * g.ch_groups else None)
     return out

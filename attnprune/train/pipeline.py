@@ -279,7 +279,7 @@ def prune(
     report.score_separation = separation
     report.warnings = diagnostics.run_warnings(separation, record.acc_removal, chance, acc_after, record.acc_before)
     if method_cls.structured:
-        hit = limits_hit(inst.cost, result.masks, limits)
+        hit = limits_hit(inst.cost, result.masks, limits, budget.round_to)
         frozen_set = set(frozen)
         for g, grp, why in zip(report.groups, inst.groups, hit):
             g.limit = why
