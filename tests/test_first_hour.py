@@ -317,6 +317,25 @@ def test_callback_called_once_per_epoch_and_records_logged(model, caplog):
     assert lines[-1].startswith("phase 2/2 finetune epoch 1/1")
 
 
+def test_progress_bars_show_the_phase_count_and_accuracy(model, monkeypatch):
+    from attnprune.train import runner as runner_mod
+
+    bars = []
+    real = runner_mod.tqdm
+
+    def recording(*args, **kwargs):
+        bar = real(*args, **{**kwargs, "disable": True})
+        bars.append({"desc": kwargs["desc"], "post": []})
+        bar.set_postfix = lambda post: bars[-1]["post"].append(dict(post))
+        return bar
+
+    monkeypatch.setattr(runner_mod, "tqdm", recording)
+    attnprune.prune(model, tiny_data(n=320), 0.4, method="l1", warmup_epochs=2, finetune_epochs=1,
+                    eval_loader=tiny_data(), progress=True)
+    assert [b["desc"] for b in bars] == ["phase 1/2 warmup 1/2", "phase 1/2 warmup 2/2", "phase 2/2 finetune 1/1"]
+    assert "acc" not in bars[0]["post"][-1] and bars[1]["post"][-1]["acc"].endswith("%")
+
+
 def test_bad_callbacks(model):
     with pytest.raises(TypeError, match="callbacks must be a list"):
         attnprune.prune(model, tiny_data(), 0.4, callbacks=print, **ONE_SHOT)
