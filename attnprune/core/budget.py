@@ -10,7 +10,8 @@ output of the ranking, never an input.
 
 Rules:
     * a group is never emptied (its best channel, or best ``round_to`` channels,
-      stay);
+      stay), and keeps at least the floor of :mod:`attnprune.core.limits`
+      (``min_keep``, ``max_group_ratio``) when one is set;
     * a grouped convolution's keep pattern is chosen once and repeated, ranked by
       its mean score over the conv groups;
     * with ``round_to=k`` each group keeps a multiple of ``k`` channels (or all of
@@ -39,6 +40,7 @@ import torch
 from .._digits import fraction_texts
 from ..errors import BudgetError
 from .cost import TARGETS, CostModel, check_target
+from .limits import GroupLimits, floor_units, group_limits
 
 __all__ = ["BudgetResult", "select_channels", "normalize_scores", "TARGETS", "check_ratio", "check_target",
            "check_round_to", "tolerance", "round_step", "round_kept", "ramp", "reachable_ratio",
@@ -134,7 +136,7 @@ class BudgetResult:
 
 
 class _Search:
-    def __init__(self, cost: CostModel, scores, target, round_to, min_keep):
+    def __init__(self, cost: CostModel, scores, target, round_to, min_keep, limits: GroupLimits):
         self.cost = cost
         self.target = target
         self.dense = cost.dense(target)
@@ -150,7 +152,10 @@ class _Search:
             self.step.append(round_step(round_to, g.ch_groups))
         # per group: unit indices, best first
         self.order = [torch.argsort(u, descending=True, stable=True) for u in self.units]
-        self.min_units = [min(max(min_keep, st), len(u)) for u, st in zip(self.units, self.step)]
+        self.min_units = []
+        for g, u, st in zip(cost.groups, self.units, self.step):
+            floor = max(min_keep, st, floor_units(limits, g.n_channels, g.ch_groups))
+            self.min_units.append(min(math.ceil(floor / st) * st, len(u)))  # a multiple of the step
         # global closing order over the closable units, ascending score
         cand = []
         for gi, (u, order) in enumerate(zip(self.units, self.order)):
@@ -182,29 +187,35 @@ class _Search:
         return self.ratio_for(len(self.cand))[0]
 
 
-def _unreachable(ratio: float, target: str, round_to, min_keep: int, top_ratio: float) -> BudgetError:
+def _unreachable(ratio: float, target: str, round_to, min_keep: int, top_ratio: float,
+                 limits: GroupLimits | None = None) -> BudgetError:
     asked, top = fraction_texts(ratio, top_ratio)  # 0.999999 must not read "1.000"
+    keeping = (f"with {limits.describe()}" if limits else
+               f"keeping at least {min_keep} channel(s)")
     return BudgetError(
-        f"ratio {asked} of {target} cannot be reached: keeping at least "
-        f"{min_keep} channel(s){f' (multiples of {round_to})' if round_to else ''} per group, "
+        f"ratio {asked} of {target} cannot be reached: {keeping}"
+        f"{f' (multiples of {round_to})' if round_to else ''} per group, "
         f"the largest reachable ratio is {top}"
     )
 
 
 def reachable_ratio(cost: CostModel, target: str = "params", *, round_to: int | None = None,
-                    min_keep: int = 1) -> float:
+                    min_keep: int = 1, limits: GroupLimits | None = None) -> float:
     """The largest fraction of ``target`` the budget search can remove.
 
     Every group keeps ``min_keep`` channels (its first ones; multiples of
-    ``round_to``). Computed analytically, without any scores of a method.
+    ``round_to``), and the floor of ``limits`` (default: those registered on
+    ``cost``, see :mod:`attnprune.core.limits`). Computed analytically, without
+    any scores of a method.
     """
     target = check_target(target)
     ones = [torch.ones(g.n_channels) for g in cost.groups]
-    return _Search(cost, ones, target, check_round_to(round_to), min_keep).top_ratio()
+    return _Search(cost, ones, target, check_round_to(round_to), min_keep,
+                   group_limits(cost, limits)).top_ratio()
 
 
 def check_reachable(cost: CostModel, ratio: float, target: str = "params", *, round_to: int | None = None,
-                    min_keep: int = 1) -> None:
+                    min_keep: int = 1, limits: GroupLimits | None = None) -> None:
     """Fail before training when ``ratio`` exceeds :func:`reachable_ratio` (beyond :func:`tolerance`).
 
     Raises:
@@ -212,9 +223,10 @@ def check_reachable(cost: CostModel, ratio: float, target: str = "params", *, ro
     """
     ratio = check_ratio(ratio)
     round_to = check_round_to(round_to)
-    top = reachable_ratio(cost, target, round_to=round_to, min_keep=min_keep)
+    limits = group_limits(cost, limits)
+    top = reachable_ratio(cost, target, round_to=round_to, min_keep=min_keep, limits=limits)
     if top < ratio - tolerance(round_to):
-        raise _unreachable(ratio, target, round_to, min_keep, top)
+        raise _unreachable(ratio, target, round_to, min_keep, top, limits)
 
 
 def select_channels(
@@ -226,6 +238,7 @@ def select_channels(
     round_to: int | None = None,
     normalize: str | None = "mean",
     min_keep: int = 1,
+    limits: GroupLimits | None = None,
 ) -> BudgetResult:
     """Choose keep-masks meeting ``ratio`` from one score per channel of every group.
 
@@ -237,6 +250,8 @@ def select_channels(
         round_to: Keep a multiple of this many channels per group.
         normalize: How scores are made comparable across groups.
         min_keep: Channels (pattern units) every group keeps at least.
+        limits: Per-group floor and cap (default: those registered on ``cost``
+            with :func:`attnprune.core.limits.set_group_limits`).
 
     Returns:
         A :class:`BudgetResult`.
@@ -250,11 +265,12 @@ def select_channels(
     round_to = check_round_to(round_to)
     if len(scores) != len(cost.groups):
         raise ValueError(f"expected {len(cost.groups)} score vectors (one per group), got {len(scores)}")
-    search = _Search(cost, normalize_scores(scores, normalize), target, round_to, min_keep)
+    limits = group_limits(cost, limits)
+    search = _Search(cost, normalize_scores(scores, normalize), target, round_to, min_keep, limits)
     n = len(search.cand)
     top_ratio = search.top_ratio()
     if top_ratio < ratio - tolerance(round_to):
-        raise _unreachable(ratio, target, round_to, min_keep, top_ratio)
+        raise _unreachable(ratio, target, round_to, min_keep, top_ratio, limits)
     lo, hi = 0, n  # smallest k with ratio(k) >= target
     while lo < hi:
         mid = (lo + hi) // 2

@@ -33,6 +33,7 @@ import torch_pruning as tp
 from .._modes import eval_mode
 from .._tree import as_inputs
 from ..errors import UnsupportedModelError
+from .frozen import all_grad, keep_grad_flags
 from .ignored import resolve_ignored
 
 __all__ = [
@@ -215,8 +216,10 @@ def build_graph(model: nn.Module, args: tuple) -> tuple[tp.DependencyGraph, dict
 
     handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, POOL_TYPES)]
     try:
-        # torch-pruning's trace switches the model to eval mode; eval_mode restores the flags
-        with eval_mode(model), torch.enable_grad(), warnings.catch_warnings():
+        # torch-pruning's trace switches the model to eval mode; eval_mode restores the flags.
+        # It follows autograd, so frozen parameters (requires_grad=False) would hide their
+        # layers: every parameter requires grad during the trace, and the flags are restored.
+        with eval_mode(model), all_grad(model), torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             graph = tp.DependencyGraph().build_dependency(
                 model, example_inputs=args, forward_fn=lambda m, a: m(*a), verbose=False
@@ -390,14 +393,19 @@ def remove_channels(graph: tp.DependencyGraph, groups: Sequence[ChannelGroup],
                     masks: Sequence[torch.Tensor]) -> list:
     """Remove every channel a keep-mask closes, through torch-pruning, in place.
 
+    torch-pruning replaces each pruned parameter by a new one that requires
+    grad; the ``requires_grad`` flag of every parameter is carried over, so a
+    frozen layer stays frozen.
+
     Returns:
         torch-pruning's pruning history (lists), which rebuilds the pruned
         architecture from the dense one.
     """
-    for g, m in zip(groups, masks):
-        idxs = sorted(set((~m).nonzero().flatten().tolist()))
-        if idxs:
-            pruning_group(graph, g, idxs).prune()
+    with keep_grad_flags(graph.model):
+        for g, m in zip(groups, masks):
+            idxs = sorted(set((~m).nonzero().flatten().tolist()))
+            if idxs:
+                pruning_group(graph, g, idxs).prune()
     return [list(h) for h in graph.pruning_history()]
 
 

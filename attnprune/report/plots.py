@@ -21,7 +21,7 @@ from typing import Any
 
 from .._files import atomic_file
 
-__all__ = ["plot_kept_channels", "plot_score_histogram", "report_dict", "kept_per_group"]
+__all__ = ["plot_kept_channels", "plot_score_histogram", "report_dict", "kept_per_group", "count_scale"]
 
 
 def report_dict(report: Any) -> dict:
@@ -129,11 +129,26 @@ def plot_kept_channels(report: Any, path: str | os.PathLike[str]) -> Path | None
     return _save(fig, path)
 
 
+def count_scale(counts: list[int]) -> str:
+    """``"log"`` when one bin towers over the others (a spike), else ``"linear"``.
+
+    A spike (e.g. most gates at 1.0) and a spread of the remaining scores both
+    show on a log count axis; on a linear one the spread would be invisible. The
+    rule: the tallest bin holds more than 10 times the median non-empty bin.
+    """
+    nonempty = sorted(c for c in counts if c > 0)
+    if len(nonempty) < 2:
+        return "linear"
+    return "log" if nonempty[-1] > 10 * nonempty[len(nonempty) // 2] else "linear"
+
+
 def plot_score_histogram(report: Any, path: str | os.PathLike[str]) -> Path | None:
     """Histogram of the method's channel scores with the final threshold (PAAM Fig. 5).
 
     The scores are ``report.method_report["scores"]`` (one list per group, flattened)
     and the threshold ``report.method_report["threshold"]`` (drawn when finite).
+    The count axis is logarithmic when one bin is a spike (:func:`count_scale`), so
+    a spike and a spread of scores both show.
 
     Args:
         report: A :class:`attnprune.PruneReport` or its ``to_dict()`` form.
@@ -161,14 +176,18 @@ def plot_score_histogram(report: Any, path: str | os.PathLike[str]) -> Path | No
         lo, hi = min(lo, threshold), max(hi, threshold)
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
-    ax.hist(scores, bins=bins, range=(lo, hi), color="#2a6fb0", alpha=0.85, edgecolor="white", linewidth=0.4)
+    counts, _, _ = ax.hist(scores, bins=bins, range=(lo, hi), color="#2a6fb0", alpha=0.85, edgecolor="white",
+                           linewidth=0.4)
+    scale = count_scale([int(c) for c in counts])
+    if scale == "log":
+        ax.set_yscale("log")
     if has_threshold:
         below = sum(v <= threshold for v in scores)
         ax.axvline(threshold, color="#c0392b", linestyle="--", linewidth=1.5,
                    label=f"threshold {threshold:.3g} ({below} of {len(scores)} scores \u2264 it)")
         ax.legend(loc="best", fontsize=8)
     ax.set_xlabel("channel score")
-    ax.set_ylabel("channels")
+    ax.set_ylabel("channels (log scale)" if scale == "log" else "channels")
     ax.set_title(f"Channel scores — {rep.get('method', '?')} ({len(scores)} channels)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)

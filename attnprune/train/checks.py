@@ -18,9 +18,11 @@ from .._modes import eval_mode
 from .._tree import as_inputs, flatten_tensors
 from ..core.budget import check_reachable as check_reachable_ratio
 from ..core.instrument import Instrumented
+from ..core.limits import GroupLimits
 from ..methods import available_methods
 from ..methods.base import Budget
 from . import distributed as dist_util
+from .batches import dict_batch_hint
 
 __all__ = [
     "check_model",
@@ -151,6 +153,7 @@ def first_batch(loader):
         batch = next(iter(loader))
     except StopIteration:
         raise ValueError("the loader is empty; it must yield (inputs, targets) pairs") from None
+    dict_batch_hint(batch)
     x, y = unpack_batch(batch)
     for t in flatten_tensors(x) + flatten_tensors(y):
         if t.device.type == "meta":
@@ -214,13 +217,16 @@ def check_feeds(work: nn.Module, example_inputs, explicit: bool, first_x, first_
             )
 
 
-def check_reachable(inst: Instrumented, budget: Budget) -> None:
+def check_reachable(inst: Instrumented, budget: Budget, limits: GroupLimits | None = None) -> None:
     """Dry budget search with uniform scores: an unreachable ratio fails before training.
+
+    ``limits`` (``min_keep``, ``max_group_ratio``; default: those registered on
+    ``inst.cost``) are honoured as the methods' selection honours them.
 
     Raises:
         BudgetError: naming the largest reachable ratio.
     """
-    check_reachable_ratio(inst.cost, budget.ratio, budget.target, round_to=budget.round_to)
+    check_reachable_ratio(inst.cost, budget.ratio, budget.target, round_to=budget.round_to, limits=limits)
 
 
 def check_distributed_loader(loader, steps: int | None) -> None:

@@ -14,6 +14,7 @@ Ctrl-C, leaves it exactly as it was. Optional checkpoints
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import os
 import time
@@ -24,20 +25,27 @@ import torch.nn as nn
 
 from .._batch import to_device as _to, unpack_batch
 from ..core.budget import check_ratio, check_round_to, check_target
+from ..core.frozen import frozen_layers
 from ..core.groups import check_untied
 from ..core.instrument import instrument
+from ..core.limits import GroupLimits, limits_hit, set_group_limits
 from ..methods import get_method, make_config
 from ..methods.base import Budget, Context, Phase, PruningMethod
-from . import checks, data_checks, distributed as dist_util, exactness
+from . import checks, data_checks, diagnostics, distributed as dist_util, exactness
+from .amp import check_amp
+from .batches import check_batch_fn, map_loader, resolve_batch_fn
+from .callbacks import resolve_callbacks
 from .checkpoint import Checkpointer
+from .dry_run import DryRunReport, dry_run as plan_run
 from .fingerprint import ignored_names, run_fingerprint
 from .result import GroupReport, PruneReport, PruneResult
 from .runner import Runner, evaluate
 from .scoring import Metric, check_metric
 from .seeding import seed_run
 from .stages import ChannelRemoval, Checkpoints, FineTune, MethodPhases, RunRecord
+from .trained_lr import TRAINED_LR, trained_lr as _trained_lr
 
-__all__ = ["prune", "PruneResult", "PruneReport", "GroupReport", "DEFAULT_METHOD"]
+__all__ = ["prune", "PruneResult", "PruneReport", "GroupReport", "DryRunReport", "DEFAULT_METHOD", "TRAINED_LR"]
 
 DEFAULT_METHOD = "paam"
 
@@ -63,8 +71,15 @@ def prune(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     distributed: bool | None = None,
+    min_keep: int | None = None,
+    max_group_ratio: float | None = None,
+    batch_fn: Callable | None = None,
+    callbacks: Iterable[Callable] | None = None,
+    on_epoch_end: Callable | None = None,
+    amp: str | None = None,
+    dry_run: bool = False,
     **options: Any,
-) -> PruneResult:
+) -> PruneResult | DryRunReport:
     """Learn which channels to remove, remove them, and fine-tune.
 
     Every argument is checked before training starts: a bad one raises an error
@@ -101,7 +116,9 @@ def prune(
             channels are kept.
         round_to: Keep a multiple of this many channels per group (±2 points).
         trained: The model is trained already: skip the warm-up (no weights are
-            downloaded; this is not torchvision's ``pretrained``).
+            downloaded; this is not torchvision's ``pretrained``), and train the
+            CNN's phases and fine-tuning with SGD at :data:`TRAINED_LR` (0.01)
+            unless ``lr`` is given.
         pretrained: Deprecated alias of ``trained`` (attnprune 0.1).
         seed: Seeds torch's generators (CPU and CUDA) and the loader's own
             generator, if it has one, for a repeatable run: the same seed gives
@@ -122,12 +139,39 @@ def prune(
             initialised. False under a process group: every process prunes on its
             own (checkpoints are still written by rank 0 only). See
             :mod:`attnprune.train.distributed`.
+        min_keep: Channels every group keeps at least (None: one, or one
+            ``round_to`` multiple); see :mod:`attnprune.core.limits`.
+        max_group_ratio: The largest fraction of any group's channels removed,
+            in (0, 1) (torch-pruning's ``max_pruning_ratio``; None: no cap). Both
+            limits bind the budget search and the dry reachability check; the
+            report names the groups that hit one (``GroupReport.limit``).
+        batch_fn: ``batch_fn(batch) -> (inputs, targets)`` applied to every batch
+            of ``loader`` and ``eval_loader`` (e.g. dict batches:
+            ``lambda b: (b["pixel_values"], b["labels"])``); checked on the first
+            batch before training.
+        callbacks: Callables called as ``callback(record)`` once per training
+            epoch with its :class:`~attnprune.train.runner.EpochRecord` (rank 0
+            only); every record also goes to the ``"attnprune"`` logger (INFO).
+            See :mod:`attnprune.train.callbacks`.
+        on_epoch_end: One more such callable (called after ``callbacks``).
+        amp: Mixed precision for the training steps: None (float32, default),
+            ``"bfloat16"`` (CPU or CUDA; emulated, so slower, on CPUs without
+            AVX-512 BF16) or ``"float16"`` (CUDA, with a GradScaler). Evaluation and
+            the pruned-equals-gated check run in float32. See :mod:`attnprune.train.amp`.
+        dry_run: Check, instrument, time a few steps on the copy, print the
+            phases, passes and an estimated time, and return a
+            :class:`~attnprune.train.dry_run.DryRunReport` without training.
         **options: The method's options (its config dataclass's fields, e.g.
             ``warmup_epochs=2``); an unknown option raises listing the valid ones.
 
     Returns:
         A :class:`PruneResult` with the pruned model and its report (the same on
-        every rank).
+        every rank); with ``dry_run=True`` a :class:`DryRunReport`.
+
+    Warns:
+        UserWarning: The learned scores did not separate, or the accuracy right
+            after removal is near chance (also in ``report.warnings``; see
+            :mod:`attnprune.train.diagnostics`).
 
     Raises:
         TypeError: An argument of the wrong type (the message names it).
@@ -153,21 +197,33 @@ def prune(
     check_untied(model)
     budget = Budget(check_ratio(ratio), check_target(target), check_round_to(round_to))
     method_cls = get_method(checks.check_method_name(method))
-    config = make_config(method_cls, options)
+    limits = GroupLimits(min_keep, max_group_ratio)
+    trained = checks.resolve_trained(trained, pretrained)
+    config = _trained_lr(make_config(method_cls, options), options, trained)
     loss_fn = checks.resolve_loss_fn(loss_fn)
     checks.check_seed(seed)
-    trained = checks.resolve_trained(trained, pretrained)
     checks.check_resume(resume, checkpoint_dir)
     eval_metric = check_metric(eval_metric)
+    if not isinstance(dry_run, bool):
+        raise TypeError(f"dry_run must be True or False, got {dry_run!r}")
+    user_callbacks = resolve_callbacks(callbacks, on_epoch_end)
+    batch_fn = resolve_batch_fn(batch_fn)
     if eval_loader is not None:
         checks.check_iterable("eval_loader", eval_loader)
         data_checks.check_reiterable("eval_loader", eval_loader)
     ignored = ignored_names(model, ignored_layers)
     use_dist = checks.resolve_distributed(distributed)
     device = checks.resolve_device(device, model)
+    amp = check_amp(amp, device)
+    data_checks.check_reiterable("loader", loader)  # before any batch is drawn
+    if batch_fn is not None:
+        checks.check_iterable("loader", loader)
+        check_batch_fn(loader, batch_fn, "loader")
+        if eval_loader is not None:
+            check_batch_fn(eval_loader, batch_fn, "eval_loader")
+    loader, eval_loader = map_loader(loader, batch_fn), map_loader(eval_loader, batch_fn)
     if seed is not None:
         seed_run(seed, loader)
-    data_checks.check_reiterable("loader", loader)
     first_x, first_y = checks.first_batch(loader)
     explicit = example_inputs is not None
     example_inputs = _to(checks.resolve_example_inputs(example_inputs, first_x), device)
@@ -176,19 +232,21 @@ def prune(
     checks.check_feeds(work, example_inputs, explicit, first_x, first_y, loss_fn, device)
     if eval_loader is not None:
         data_checks.check_eval_loader(eval_loader, work, device, eval_metric)
+    frozen = frozen_layers(work)
     dry = exactness.dry_copy(work) if method_cls.structured else None
     inst = instrument(work, example_inputs, ignored_layers=ignored)
+    set_group_limits(inst.cost, limits)
     algo: PruningMethod = method_cls(config)
     try:
         if dry is not None:  # a dry finalize: an inexact model fails now, not after training
             exactness.check_exact(dry, example_inputs, ignored)
             dry = None
         if method_cls.structured:
-            checks.check_reachable(inst, budget)
+            checks.check_reachable(inst, budget, limits)
         params_before, macs_before = inst.cost.dense_params, inst.cost.dense_macs
         runner = Runner(loader=loader, loss_fn=loss_fn, device=device, eval_loader=eval_loader,
                         steps_per_epoch=config.steps_per_epoch, progress=progress, distributed=use_dist,
-                        seed=seed, eval_metric=eval_metric)
+                        seed=seed, eval_metric=eval_metric, callbacks=user_callbacks, amp=amp)
         steps = runner.steps_in_epoch()
         if use_dist:
             checks.check_distributed_loader(loader, steps)
@@ -198,9 +256,11 @@ def prune(
             dist_util.sync_module(work)
             dist_util.sync_method(algo)
         checkpointer = None
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and not dry_run:
             fingerprint = run_fingerprint(method, budget, config, trained, seed, model, steps, use_dist,
                                           ignored or [], loader)
+            if limits:
+                fingerprint["limits"] = dataclasses.asdict(limits)
             checkpointer = Checkpointer(checkpoint_dir, fingerprint, loader, distributed=use_dist)
 
         scorer = None if eval_loader is None else functools.partial(
@@ -208,9 +268,17 @@ def prune(
         record = RunRecord(runner, started=started)
         ckpts = Checkpoints(checkpointer, record)
         phases = algo.phases(trained=trained)
+        runner.phase_total = len(phases) + (1 if config.finetune_epochs > 0 else 0)
+        if dry_run:
+            plan = plan_run(work, inst, algo, method, phases, _finetune_phase(config), runner, frozen)
+            print(plan.summary())
+            algo.detach()
+            inst.remove()
+            return plan
         training = MethodPhases(work, inst, algo, phases, runner, record, ckpts, scorer)
         removal = ChannelRemoval(work, inst, algo, use_dist)
         finetune = FineTune(_finetune_phase(config), len(phases), runner, removal, ckpts)
+        learned = None
 
         # the stages: method phases -> channel removal -> fine-tuning, each resumable
         saved = ckpts.load() if resume else None
@@ -220,6 +288,7 @@ def prune(
             if saved is not None:
                 training.load_state_dict(saved)
             training.run()
+            learned = diagnostics.learned_scores(algo)
             removal.run()
             record.acc_removal = scorer(removal.pruned) if scorer is not None else None
             finetune.save()
@@ -228,11 +297,30 @@ def prune(
             finetune.load_state_dict(saved)
         pruned = finetune.run()
         acc_after = scorer(pruned) if scorer is not None else None
+        separation = diagnostics.score_separation(algo, learned, removal.selection.masks)
+        chance = diagnostics.chance_accuracy(pruned, example_inputs) if record.acc_removal is not None else None
     except BaseException:
         algo.detach()
         inst.remove()
         raise
-    return _result(model, method, budget, inst, removal, runner, record, params_before, macs_before, acc_after)
+    finally:
+        set_group_limits(inst.cost, None)
+    result = _result(model, method, budget, inst, removal, runner, record, params_before, macs_before, acc_after)
+    report = result.report
+    report.min_keep, report.max_group_ratio = limits.min_keep, limits.max_group_ratio
+    report.frozen_layers = frozen
+    report.score_separation = separation
+    report.warnings = diagnostics.run_warnings(separation, record.acc_removal, chance, acc_after, record.acc_before)
+    if method_cls.structured:
+        hit = limits_hit(inst.cost, result.masks, limits, budget.round_to)
+        frozen_set = set(frozen)
+        for g, grp, why in zip(report.groups, inst.groups, hit):
+            g.limit = why
+            g.frozen = grp.name in frozen_set
+    if dist_util.is_main():
+        diagnostics.emit(report.warnings)
+    return result
+
 
 
 def _device_batches(loader: Iterable, device):

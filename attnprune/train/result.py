@@ -14,11 +14,22 @@ __all__ = ["GroupReport", "PruneReport", "PruneResult"]
 
 @dataclass
 class GroupReport:
-    """Kept channels of one group."""
+    """Kept channels of one group (named after its root layer: its first conv/linear producer).
+
+    Attributes:
+        name: The group's root layer.
+        kept: Channels kept.
+        total: Channels before pruning.
+        limit: ``"min_keep"`` or ``"max_group_ratio"`` when the group kept exactly
+            that limit's floor (the limit bound it), else None.
+        frozen: The root layer's parameters are all frozen (``requires_grad=False``).
+    """
 
     name: str
     kept: int
     total: int
+    limit: str | None = None
+    frozen: bool = False
 
 
 @dataclass
@@ -28,6 +39,14 @@ class PruneReport:
     ``accuracy_before_pruning`` is measured on the model the method starts pruning
     (after warm-up, gates off); ``accuracy_at_removal`` right after the closed
     channels are removed, before fine-tuning; ``accuracy_after`` at the end.
+
+    ``min_keep`` and ``max_group_ratio`` are the per-group limits asked for (the
+    groups they bound have ``GroupReport.limit`` set); ``frozen_layers`` the
+    layers whose parameters were all frozen (pruned like the others, still
+    frozen); ``score_separation`` the separation index of a learned method's
+    scores (:mod:`attnprune.core.separation`; None for other methods);
+    ``warnings`` what looked wrong and what to change
+    (:mod:`attnprune.train.diagnostics`), also issued as Python warnings.
     """
 
     method: str
@@ -46,6 +65,11 @@ class PruneReport:
     round_to: int | None = None
     seconds: float = 0.0
     method_report: dict = field(default_factory=dict)
+    min_keep: int | None = None
+    max_group_ratio: float | None = None
+    frozen_layers: list[str] = field(default_factory=list)
+    score_separation: float | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict."""
@@ -71,7 +95,15 @@ class PruneReport:
         if any(v is not None for _, v in acc):
             shown = (f"{k.replace('accuracy_', '')}: {v:.2f}%" for k, v in acc if v is not None)
             lines.append("top-1 " + "   ".join(shown))
+        limited = [g for g in self.groups if g.limit is not None]
+        if limited:
+            lines.append(f"{len(limited)} group(s) at a limit: "
+                         + ", ".join(f"{g.name} ({g.limit}, {g.kept}/{g.total})" for g in limited[:8])
+                         + (" ..." if len(limited) > 8 else ""))
+        if self.frozen_layers:
+            lines.append(f"{len(self.frozen_layers)} frozen layer(s) pruned and kept frozen")
         lines.append(f"time {self.seconds:.1f}s")
+        lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
 

@@ -5,8 +5,12 @@ CNN's, the method's, or both), the gate mode and whether BatchNorm runs in eval
 mode. A fresh optimiser is built for each phase (so one built before channels
 were removed is never reused), with cosine learning-rate decay over the phase
 (torch's ``CosineAnnealingLR``, ``T_max`` = the phase's steps, ``eta_min`` 0; per
-epoch instead for a loader without a length). Progress bars (tqdm) show phase,
-epoch, loss and the kept fraction.
+epoch instead for a loader without a length). Progress bars (tqdm) show the
+phase's position (``phase 3/6 an``), epoch, loss, the kept fraction and, with an
+``eval_loader``, the last accuracy; every epoch's record goes to the
+``"attnprune"`` logger and to the user's callbacks
+(:mod:`attnprune.train.callbacks`). With ``amp`` the steps run under autocast
+(:mod:`attnprune.train.amp`).
 
 With a ``seed``, the runner reseeds the loader before every epoch, so that the
 batch order of the run's ``k``-th epoch depends only on ``(seed, k)``; the rule
@@ -36,6 +40,8 @@ from .._modes import eval_mode
 from ..errors import AttnpruneError
 from ..methods.base import Phase, PruningMethod
 from . import distributed as dist_util
+from .amp import autocast, grad_scaler
+from .callbacks import notify_epoch
 from .divergence import diagnose
 from .scoring import Metric, batch_counts, check_metric
 from .seeding import seed_epoch
@@ -185,6 +191,10 @@ class Runner:
             ``epoch_seed(seed, epochs_done)``, or torch's global generator when
             the loader has none, so each epoch's batch order depends only on
             ``(seed, epochs_done)``, not on what drew from the loader before.
+        callbacks: Called as ``callback(record)`` after every epoch (rank 0 only).
+        amp: None, ``"bfloat16"`` or ``"float16"``: autocast for the training steps.
+        phase_total: Phases of the whole run, shown as ``phase i/phase_total``.
+        log_epochs: Log every epoch's record to the ``"attnprune"`` logger.
     """
 
     loader: Iterable
@@ -198,9 +208,15 @@ class Runner:
     epochs_done: int = 0
     seed: int | None = None
     eval_metric: Metric | None = None
+    callbacks: list = field(default_factory=list)
+    amp: str | None = None
+    phase_total: int | None = None
+    log_epochs: bool = True
 
     def __post_init__(self):
         self._live: _Optimisation | None = None
+        self._position: int | None = None
+        self._scaler = grad_scaler(self.amp, self.device)
 
     def steps_in_epoch(self) -> int | None:
         """Batches in one epoch (None when the loader has no length)."""
@@ -220,7 +236,7 @@ class Runner:
 
     def run(self, model: nn.Module, phase: Phase, method: PruningMethod | None = None, kept=None, *,
             start_epoch: int = 0, resume: dict | None = None, on_start: Callable[[], None] | None = None,
-            on_epoch_end: Callable[[Phase, int], None] | None = None) -> None:
+            on_epoch_end: Callable[[Phase, int], None] | None = None, position: int | None = None) -> None:
         """Train ``model`` for ``phase.epochs`` epochs as ``phase`` says.
 
         Args:
@@ -237,6 +253,7 @@ class Runner:
                 counted from 0 within the phase) after the epoch's record is
                 appended to :attr:`history`; :meth:`phase_state` is valid there
                 (``prune()`` writes checkpoints there).
+            position: The phase's place in the run (from 1), shown with :attr:`phase_total`.
 
         Raises:
             TrainingDivergedError: The loss became NaN or infinite.
@@ -244,6 +261,7 @@ class Runner:
         """
         if phase.epochs <= 0 or start_epoch >= phase.epochs:
             return
+        self._position = position
         live, frozen = self._build_optimisation(model, phase, method)
         if method is not None:
             method.start_phase(phase)
@@ -307,8 +325,10 @@ class Runner:
         seed_epoch(self.loader, self.seed, self.epochs_done)
         show = self.progress and dist_util.is_main()
         total_loss, count = 0.0, 0
+        where = self._where()
         bar = tqdm(self._batches(), total=self.steps_in_epoch(), disable=not show, leave=False,
-                   desc=f"{phase.name} {epoch + 1}/{phase.epochs}")
+                   desc=(f"phase {where[0]}/{where[1]} " if where else "") + f"{phase.name} {epoch + 1}/{phase.epochs}")
+        last_acc = next((r.accuracy for r in reversed(self.history) if r.accuracy is not None), None)
         for batch in bar:
             total_loss += self._step(net, phase, method, batch, epoch)
             count += 1
@@ -316,6 +336,8 @@ class Runner:
                 post = {"loss": f"{total_loss / count:.3f}"}
                 if kept is not None:
                     post["kept"] = f"{kept():.3f}"
+                if last_acc is not None:
+                    post["acc"] = f"{last_acc:.1f}%"
                 bar.set_postfix(post)
         if count == 0:
             raise ValueError("the loader yielded no batch; it must yield (inputs, targets) pairs")
@@ -332,6 +354,14 @@ class Runner:
                                     metric=self.eval_metric)
         rec.seconds = time.perf_counter() - t0
         self.history.append(rec)
+        if dist_util.is_main() and (self.log_epochs or self.callbacks):
+            notify_epoch(self.callbacks, rec, phase.epochs, where, log=self.log_epochs)
+
+    def _where(self) -> tuple[int, int] | None:
+        """``(position, phase_total)`` of the phase running, when both are known."""
+        if self._position is None or self.phase_total is None:
+            return None
+        return self._position, self.phase_total
 
     def _step(self, net: nn.Module, phase: Phase, method: PruningMethod | None, batch, epoch: int) -> float:
         """One optimisation step on ``batch``; returns its task loss (averaged over ranks)."""
@@ -340,9 +370,10 @@ class Runner:
         x, y = _to(x, self.device), _to(y, self.device)
         if method is not None:
             method.before_step(phase, live.step)
-        task_loss = self.loss_fn(_call(net, x), y)
-        reg = method.regularizer(phase) if method is not None else None
-        loss = task_loss if reg is None else task_loss + reg
+        with autocast(self.amp, self.device):
+            task_loss = self.loss_fn(_call(net, x), y)
+            reg = method.regularizer(phase) if method is not None else None
+            loss = task_loss if reg is None else task_loss + reg
         values = torch.stack([task_loss.detach().float().reshape(()), loss.detach().float().reshape(())])
         if self.distributed:  # every rank sees the same values, so all stop together
             values = dist_util.all_reduce_sum(values) / dist_util.world_size()
@@ -354,11 +385,17 @@ class Runner:
             )
         for o in live.optimizers:
             o.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler = self._scaler
+        (loss if scaler is None else scaler.scale(loss)).backward()
         for o, s in zip(live.optimizers, live.schedulers):
-            o.step()
+            if scaler is None:
+                o.step()
+            else:
+                scaler.step(o)
             if not live.per_epoch:
                 s.step()
+        if scaler is not None:
+            scaler.update()
         if method is not None:
             method.after_step(phase, live.step)
         live.step += 1

@@ -177,10 +177,11 @@ class MethodPhases:
             if i == start and resume is not None:  # mid-phase: self.epoch epochs of it are done
                 self.runner.run(self.work, phase, self.method, kept=self._kept, start_epoch=self.epoch,
                                 resume=resume["optim"], on_start=functools.partial(self._restart, resume),
-                                on_epoch_end=self._epoch_end)
+                                on_epoch_end=self._epoch_end, position=i + 1)
             else:
                 self.index, self.epoch = i, 0
-                self.runner.run(self.work, phase, self.method, kept=self._kept, on_epoch_end=self._epoch_end)
+                self.runner.run(self.work, phase, self.method, kept=self._kept, on_epoch_end=self._epoch_end,
+                                position=i + 1)
         self._measure_dense()
         self.index, self.epoch = len(self.phases), 0
 
@@ -326,9 +327,9 @@ class FineTune:
         if resume is not None:
             self.runner.run(model, self.phase, start_epoch=self.epoch, resume=resume["optim"],
                             on_start=functools.partial(self.checkpoints.restore_random, resume),
-                            on_epoch_end=self._epoch_end)
+                            on_epoch_end=self._epoch_end, position=self.index + 1)
         else:
-            self.runner.run(model, self.phase, on_epoch_end=self._epoch_end)
+            self.runner.run(model, self.phase, on_epoch_end=self._epoch_end, position=self.index + 1)
         return model
 
     def _epoch_end(self, phase: Phase, epoch: int) -> None:
