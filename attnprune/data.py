@@ -42,11 +42,13 @@ import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from ._idx_files import DEBIAN_DATA_DIR, cache_dir, download_files, not_found_message, read_idx, search, stat_key
 from ._ints import check_int
-from .errors import AttnpruneError
+from ._subsets import seeded_subset
+from .errors import DatasetNotFoundError
+from .image_folder import image_folder_loaders
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -85,10 +87,6 @@ FASHION_MNIST_MEAN: float = 0.2860
 
 FASHION_MNIST_STD: float = 0.3530
 """Standard deviation of the Fashion-MNIST training pixels (pixels in [0, 1])."""
-
-class DatasetNotFoundError(AttnpruneError, FileNotFoundError):
-    """Raised when a data set (the Fashion-MNIST IDX files, an ImageFolder root) cannot be found."""
-
 
 def find_fashion_mnist(root: str | os.PathLike | None = None) -> dict[str, Path] | None:
     """Locates the four Fashion-MNIST IDX files without loading them.
@@ -186,25 +184,6 @@ def load_fashion_mnist(
     return TensorDataset(images, labels)
 
 
-def _subset(dataset: Dataset, n: int | None, seed: int, name: str) -> Dataset:
-    """The first ``n`` samples of a permutation seeded with ``seed``.
-
-    A ``TensorDataset`` stays one (its tensors are indexed); any other data set
-    becomes a ``torch.utils.data.Subset``.
-    """
-    if n is None:
-        return dataset
-    total = len(dataset)
-    check_int(name, n, 1)
-    if n > total:
-        raise ValueError(f"{name}={n} exceeds the {total} samples available")
-    generator = torch.Generator().manual_seed(seed)
-    index = torch.randperm(total, generator=generator)[:n]
-    if isinstance(dataset, TensorDataset):
-        return TensorDataset(*(t[index] for t in dataset.tensors))
-    return Subset(dataset, index.tolist())
-
-
 def fashion_mnist_loaders(
     root: str | os.PathLike | None = None,
     *,
@@ -245,10 +224,10 @@ def fashion_mnist_loaders(
     check_int("batch_size", batch_size, 1)
     check_int("seed", seed, 0)
     check_int("num_workers", num_workers, 0)
-    train_set = _subset(
+    train_set = seeded_subset(
         load_fashion_mnist(root, train=True, download=download), train_subset, seed, "train_subset"
     )
-    test_set = _subset(
+    test_set = seeded_subset(
         load_fashion_mnist(root, train=False, download=download), test_subset, seed, "test_subset"
     )
     train_loader = DataLoader(
@@ -263,5 +242,3 @@ def fashion_mnist_loaders(
     )
     return train_loader, test_loader
 
-
-from .image_folder import image_folder_loaders  # noqa: E402  (re-exported; needs _subset above)

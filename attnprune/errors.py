@@ -5,7 +5,7 @@ built-in exception a Python user would expect (``ValueError`` for bad arguments)
 so ``except ValueError`` keeps working.
 """
 
-__all__ = ["AttnpruneError", "UnsupportedModelError", "EquivalenceError", "BudgetError"]
+__all__ = ["AttnpruneError", "UnsupportedModelError", "EquivalenceError", "BudgetError", "DatasetNotFoundError"]
 
 
 class AttnpruneError(Exception):
@@ -22,3 +22,7 @@ class EquivalenceError(AttnpruneError, RuntimeError):
 
 class BudgetError(AttnpruneError, ValueError):
     """The requested budget cannot be met (e.g. a ratio the model cannot reach)."""
+
+
+class DatasetNotFoundError(AttnpruneError, FileNotFoundError):
+    """A data set (the Fashion-MNIST IDX files, an ImageFolder root) cannot be found."""

@@ -27,6 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ._ints import check_int
+from ._subsets import seeded_subset
+from .errors import DatasetNotFoundError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "STATS_SAMPLES", "SPLIT_SEED",
            "DEFAULT_VAL_FRACTION", "image_stats", "image_folder_loaders"]
@@ -51,7 +53,6 @@ DEFAULT_VAL_FRACTION = 0.1
 
 
 def _not_found(message: str) -> Exception:
-    from .data import DatasetNotFoundError
 
     return DatasetNotFoundError(message)
 
@@ -147,7 +148,6 @@ def image_folder_loaders(
     """
     from torchvision import datasets, transforms
 
-    from .data import _subset
 
     check_int("image_size", image_size, 1)
     check_int("batch_size", batch_size, 1)
@@ -196,8 +196,8 @@ def image_folder_loaders(
         held_out = datasets.ImageFolder(str(folder / "train"), transform=eval_tf)
         val = Subset(held_out, sorted(order[:n_val]))
         train_part = Subset(train, sorted(order[n_val:]))
-    train_set = _subset(train_part, train_subset, seed, "train_subset")
-    val_set = _subset(val, test_subset, seed, "test_subset")
+    train_set = seeded_subset(train_part, train_subset, seed, "train_subset")
+    val_set = seeded_subset(val, test_subset, seed, "test_subset")
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, num_workers=num_workers,
                               generator=torch.Generator().manual_seed(seed))
     val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=num_workers)
