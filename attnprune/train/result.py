@@ -25,6 +25,16 @@ class GroupReport:
 class PruneReport:
     """What :func:`prune` did. ``macs`` are multiply-accumulates per sample (fvcore).
 
+    ``round_to`` is the channel multiple used (None: free counts);
+    ``round_to_source`` says where it came from: ``requested`` (``"auto"`` or the
+    int given), and for ``"auto"`` the ``provider`` and the CPU's
+    ``vector_extensions`` it was chosen from. ``latency`` (``target="latency"``
+    only) gives the latency model's prediction and the measurement after
+    ``finalize()`` side by side: ``batch``, ``threads``, ``provider``,
+    ``predicted_dense_ms``, ``predicted_pruned_ms``, ``measured_dense_ms``,
+    ``measured_pruned_ms`` (ONNX Runtime medians), ``predicted_removed``,
+    ``measured_removed`` and ``model_from_cache``.
+
     ``accuracy_before_pruning`` is measured on the model the method starts pruning
     (after warm-up, gates off); ``accuracy_at_removal`` right after the closed
     channels are removed, before fine-tuning; ``accuracy_after`` at the end.
@@ -46,6 +56,8 @@ class PruneReport:
     round_to: int | None = None
     seconds: float = 0.0
     method_report: dict = field(default_factory=dict)
+    round_to_source: dict = field(default_factory=dict)
+    latency: dict | None = None
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict."""
@@ -71,6 +83,14 @@ class PruneReport:
         if any(v is not None for _, v in acc):
             shown = (f"{k.replace('accuracy_', '')}: {v:.2f}%" for k, v in acc if v is not None)
             lines.append("top-1 " + "   ".join(shown))
+        if self.latency is not None:
+            lat = self.latency
+            lines.append(
+                f"latency (batch {lat['batch']}, {lat['threads']} threads) dense -> pruned: predicted "
+                f"{lat['predicted_dense_ms']:.2f} -> {lat['predicted_pruned_ms']:.2f} ms "
+                f"({100 * lat['predicted_removed']:.1f}% removed), measured {lat['measured_dense_ms']:.2f} -> "
+                f"{lat['measured_pruned_ms']:.2f} ms ({100 * lat['measured_removed']:.1f}% removed)"
+            )
         lines.append(f"time {self.seconds:.1f}s")
         return "\n".join(lines)
 
