@@ -13,6 +13,8 @@ the measurement beside the prediction.
 
 from __future__ import annotations
 
+import warnings
+
 import torch.nn as nn
 
 from ..core.instrument import Instrumented
@@ -47,8 +49,10 @@ def measure_latency(lm: LatencyModel, masks, dense: nn.Module, pruned: nn.Module
     """
     was_training = pruned.training
     try:
-        result = benchmark({"dense": dense, "pruned": pruned}, example_inputs, batch_sizes=(batch,),
-                           threads=threads, provider=provider, channel_multiple=channel_multiple)
+        with warnings.catch_warnings():  # this is the machine pruned for: the multiple was the run's choice
+            warnings.filterwarnings("ignore", message="the models' channel counts are multiples")
+            result = benchmark({"dense": dense, "pruned": pruned}, example_inputs, batch_sizes=(batch,),
+                               threads=threads, provider=provider, channel_multiple=channel_multiple)
     finally:
         pruned.train(was_training)
     measured = {row["model"]: row["median_ms"] for row in result.latency}
