@@ -283,11 +283,12 @@ def resolve_trained(trained, pretrained) -> bool:
     return trained
 
 
-def resolve_round_to(round_to, provider) -> tuple[int, dict]:
+def resolve_round_to(round_to, provider, structured: bool = True) -> tuple[int, dict]:
     """The channel multiple to keep: ``round_to`` itself, or for ``"auto"`` the target's.
 
     ``"auto"`` is :func:`attnprune.deploy.channels.channel_multiple` of ``provider``
-    and this machine's CPU flags (16 with AVX-512, 8 with AVX2 or CUDA, else 4).
+    and this machine's CPU flags (16 with AVX-512, 8 with AVX2 or CUDA, else 4);
+    for an unstructured method (no channel is removed) it is 1.
 
     Returns:
         ``(multiple, source)``: the int (1 = free counts) and the report's
@@ -299,6 +300,8 @@ def resolve_round_to(round_to, provider) -> tuple[int, dict]:
             unknown ``provider``.
     """
     provider = check_provider(provider)
+    if round_to == "auto" and not structured:
+        return 1, {"requested": "auto", "provider": provider, "unstructured": True}
     if round_to == "auto":
         multiple, source = machine_multiple(provider)
         return multiple, {"requested": "auto", **source}

@@ -159,10 +159,10 @@ def prune(
     """
     started = time.perf_counter()
     checks.check_model(model)
-    provider = check_provider(provider)
-    multiple, round_source = checks.resolve_round_to(round_to, provider)
-    budget = Budget(check_ratio(ratio), check_target(target), check_round_to(multiple))
+    ratio, target, provider = check_ratio(ratio), check_target(target), check_provider(provider)
     method_cls = get_method(checks.check_method_name(method))
+    multiple, round_source = checks.resolve_round_to(round_to, provider, structured=method_cls.structured)
+    budget = Budget(ratio, target, check_round_to(multiple))
     checks.check_target_support(method_cls, method, budget.target)
     lat_batch, lat_threads = checks.check_latency_options(latency_batch, latency_threads)
     config = make_config(method_cls, options)
