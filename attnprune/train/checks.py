@@ -300,6 +300,8 @@ def resolve_round_to(round_to, provider, structured: bool = True) -> tuple[int, 
             unknown ``provider``.
     """
     provider = check_provider(provider)
+    if round_to is None:  # attnprune 0.1's spelling of free counts
+        return 1, {"requested": None}
     if round_to == "auto" and not structured:
         return 1, {"requested": "auto", "provider": provider, "unstructured": True}
     if round_to == "auto":
@@ -307,7 +309,7 @@ def resolve_round_to(round_to, provider, structured: bool = True) -> tuple[int, 
         return multiple, {"requested": "auto", **source}
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to must be 'auto' (the deployment target's channel multiple) or a positive "
-                         f"int (1: free channel counts), got {round_to!r}")
+                         f"int (1 or None: free channel counts), got {round_to!r}")
     return round_to, {"requested": round_to}
 
 
