@@ -105,7 +105,8 @@ def prune(
             within ±2 points). ``"auto"`` (default): the multiple the deployment
             target's kernels want (:func:`attnprune.deploy.channels.channel_multiple`
             of ``provider`` and this machine's CPU flags: 16 with AVX-512, 8 with
-            AVX2 or CUDA, else 4); an int wins; ``1`` gives free counts (±1 point).
+            AVX2 or CUDA, else 4; free counts for an unstructured method); an
+            int wins; ``1`` (or None, as in 0.1) gives free counts (±1 point).
             The report records the value used and what it was chosen from.
         provider: The deployment target ``"cpu"`` (ONNX Runtime's CPU provider,
             default; the CPU is this machine's) or ``"cuda"``; it decides
