@@ -5,6 +5,7 @@ Fake timers make the search exact and fast; one slow test measures for real.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -19,6 +20,8 @@ from attnprune.deploy import latency_model as latency_module
 from attnprune.deploy.latency_model import LatencyModel, build_latency_model
 from attnprune.methods import Budget, Context, get_method, make_config
 from attnprune.train import latency_target
+
+from _util import assert_unchanged, snapshot
 
 
 def macs_timer(spec, k_out: int, k_in: int) -> float:
@@ -153,8 +156,12 @@ def fake_build(monkeypatch, timer):
 def test_prune_latency_target_budgets_with_the_latency_model(monkeypatch, method, no_counted_channel_costs):
     built = fake_build(monkeypatch, channels_timer)
     torch.manual_seed(0)
-    res = attnprune.prune(PlainNet(), tiny_data(), 0.5, method=method, target="latency", round_to=1,
+    model = PlainNet()
+    snap = snapshot(model)
+    res = attnprune.prune(model, tiny_data(), 0.5, method=method, target="latency", round_to=1,
                           latency_threads=1, warmup_epochs=0, finetune_epochs=0, progress=False, seed=0)
+    assert_unchanged(model, snap)  # measuring the dense model left it alone
+    json.dumps(res.report.to_dict())
     assert len(built) == 1  # once per run
     lm, kwargs = built[0]
     assert kwargs == {"batch": 1, "threads": 1, "provider": "cpu", "multiple": 1}
