@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 
 from .core.budget import BudgetResult, select_channels
 from .core.instrument import Instrumented, instrument
+from .deploy.bench import benchmark
+from .deploy.export import export_onnx
 from .errors import AttnpruneError, BudgetError, EquivalenceError, UnsupportedModelError
 from .methods import Budget, Context, PruningMethod, available_methods, get_method, register_method
 from .methods.importance import LearnedImportance
@@ -40,4 +42,6 @@ __all__ = [
     "EquivalenceError",
     "UnsupportedModelError",
     "TrainingDivergedError",
+    "export_onnx",
+    "benchmark",
 ]

@@ -1,87 +1,158 @@
-"""Latency of pruned vs dense models in ONNX Runtime (CPU), as speedup ÷ MACs ratio.
+"""Latency of pruned vs dense models in ONNX Runtime (CPU), with the library's defaults only.
 
-Each model is pruned to ``ratio`` of its parameters with and without ``round_to=8``
-(channels ranked by L1 norm: any ranking will do for latency), exported to ONNX and
-timed against its dense original in interleaved rounds
-(:func:`attnprune.deploy.bench.benchmark`). Writes ``results/latency-<setup>.json`` and a
-Markdown table beside it.
+Every model is pruned by ``attnprune.prune`` with its defaults (``round_to="auto"``: the
+channel multiple this machine's kernels want; no ``round_to`` is given) in five arms:
+``params`` 0.5, ``macs`` 0.5 and ``latency`` 0.3, 0.5 and 0.7 (channels ranked by L1
+norm, ``trained=True`` and no fine-tuning: any ranking will do for latency). For each
+thread count the dense model and all five pruned ones are timed in one interleaved
+ONNX Runtime benchmark (:func:`attnprune.benchmark`; speedup = dense median ÷
+pruned median). The latency arms also record the latency model's predicted
+reduction beside the measured one, and the time to build the latency model (cold,
+in a fresh cache) and to load it again (cached). The CPU model and its vector
+extensions are recorded with the results (``results/latency-<setup>.json``, format 2,
+and a Markdown table beside it).
 
-    python benchmarks/latency.py            # resnet18/50 at 224x224 batch 1, CIFAR ResNet-56 batch 32
-    python benchmarks/latency.py --quick    # CIFAR ResNet-20, batch 1, 3 rounds
+    python benchmarks/latency.py            # resnet18/50, mobilenet_v2, efficientnet_b0 (224x224, batch 1),
+                                            # CIFAR ResNet-56 (batch 32); 1 thread and all cores
+    python benchmarks/latency.py --quick    # CIFAR ResNet-20, batch 8, 1 thread, params 0.5 + latency 0.3, 3 rounds
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
 import torchvision
+from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import attnprune  # noqa: E402
-from attnprune.deploy.bench import benchmark  # noqa: E402
-from attnprune.methods import Budget, get_method  # noqa: E402
+from attnprune.deploy.channels import machine_multiple  # noqa: E402
+from attnprune.deploy.latency_model import build_latency_model  # noqa: E402
+from attnprune.deploy.machine import cpu_model, vector_extensions  # noqa: E402
+from attnprune.deploy.ort_session import default_threads  # noqa: E402
 from attnprune.models import resnet20, resnet56  # noqa: E402
 
 from _common import write  # noqa: E402
 
+#: name -> (builder, per-call input shape at batch 1, batch size timed)
 SETUPS = {
     "resnet18": (lambda: torchvision.models.resnet18(), (1, 3, 224, 224), 1),
     "resnet50": (lambda: torchvision.models.resnet50(), (1, 3, 224, 224), 1),
+    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(), (1, 3, 224, 224), 1),
+    "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(), (1, 3, 224, 224), 1),
     "cifar-resnet56": (lambda: resnet56(in_channels=3), (1, 3, 32, 32), 32),
-    "cifar-resnet20": (lambda: resnet20(in_channels=3), (1, 3, 32, 32), 1),
+    "cifar-resnet20": (lambda: resnet20(in_channels=3), (1, 3, 32, 32), 8),
 }
+DEFAULT_MODELS = ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "cifar-resnet56"]
+#: (target, ratio) of every arm
+ARMS = [("params", 0.5), ("macs", 0.5), ("latency", 0.3), ("latency", 0.5), ("latency", 0.7)]
+QUICK_ARMS = [("params", 0.5), ("latency", 0.3)]
 
 
-def pruned_copy(build, x, ratio: float, round_to: int | None):
+def _loader(shape) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *shape[1:], generator=g)
+    return DataLoader(TensorDataset(x, torch.zeros(2, dtype=torch.long)), batch_size=2)
+
+
+def _build_times(build, x, batch: int, threads: int) -> dict:
+    """Seconds to build the latency model in the (fresh) cache, then to load it from there."""
+    multiple = machine_multiple("cpu")[0]
+    out = {}
+    for key in ("build_s", "cached_load_s"):
+        torch.manual_seed(0)
+        inst = attnprune.instrument(build().eval(), x)
+        t0 = time.perf_counter()
+        lm = build_latency_model(inst, batch=batch, threads=threads, multiple=multiple)
+        out[key] = time.perf_counter() - t0
+        out[f"{key[:-2]}from_cache"] = lm.from_cache
+        inst.remove()
+    return out
+
+
+def run_model(name: str, threads: int, arms, rounds: int) -> dict:
+    build, shape, batch = SETUPS[name]
+    x = torch.randn(*shape)
+    row = {"batch": batch, "input": list(shape), "threads": threads,
+           "latency_model": _build_times(build, x, batch, threads) if any(t == "latency" for t, _ in arms) else None}
     torch.manual_seed(0)
-    model = build().eval()
-    inst = attnprune.instrument(model, x)
-    method = get_method("l1")()
-    method.attach(inst, Budget(ratio, "params", round_to))
-    sel = method.select()
-    inst.set_masks(sel.masks)
-    return inst.finalize(), sel.ratio
+    dense = build().eval()
+    models, reports = {"dense": dense}, {}
+    for target, ratio in arms:
+        arm = f"{target}-{ratio:g}"
+        res = attnprune.prune(dense, _loader(shape), ratio, method="l1", target=target, trained=True,
+                              finetune_epochs=0, latency_batch=batch, latency_threads=threads, progress=False, seed=0)
+        models[arm] = res.model.eval()
+        r = res.report
+        reports[arm] = {"target": target, "ratio": ratio, "ratio_achieved": r.ratio_achieved, "round_to": r.round_to,
+                        "round_to_source": r.round_to_source, "latency": r.latency,
+                        "params_removed": 1 - r.params_after / r.params_before,
+                        "macs_removed": 1 - r.macs_after / r.macs_before}
+    bench = attnprune.benchmark(models, x, batch_sizes=(batch,), threads=threads, rounds=rounds)
+    d = bench.to_dict()
+    for p in d["pairs"]:
+        rep = reports[p["model"]]
+        rep.update(speedup=p["speedup"], speedup_p10=p["speedup_p10"], speedup_p90=p["speedup_p90"],
+                   macs_ratio=p["macs_ratio"], efficiency=p["efficiency"],
+                   measured_removed=1 - 1 / p["speedup"])
+        print(f"{name:16s} {threads:2d} thr  {p['model']:12s} round_to {rep['round_to']}  MACs ratio "
+              f"{p['macs_ratio']:.2f}  speedup {p['speedup']:.2f}  efficiency {p['efficiency']:.2f}"
+              + (f"  latency removed: predicted {rep['latency']['predicted_removed']:.3f}, measured "
+                 f"{rep['measured_removed']:.3f}" if rep["latency"] else ""), flush=True)
+    row.update(arms=reports, result=d)
+    return row
+
+
+def to_markdown(payload: dict) -> str:
+    lines = ["| model | batch | threads | arm | round_to | achieved | MACs ratio | speedup (p10–p90) | efficiency "
+             "| latency removed: predicted / measured |", "|:--|--:|--:|:--|--:|--:|--:|--:|--:|--:|"]
+    for row in payload["rows"]:
+        for arm, a in row["arms"].items():
+            lat = (f"{a['latency']['predicted_removed']:.3f} / {a['measured_removed']:.3f}" if a["latency"] else "")
+            lines.append(f"| {row['model']} | {row['batch']} | {row['threads']} | {arm} | {a['round_to']} | "
+                         f"{a['ratio_achieved']:.3f} | {a['macs_ratio']:.2f} | {a['speedup']:.2f} "
+                         f"({a['speedup_p10']:.2f}–{a['speedup_p90']:.2f}) | {a['efficiency']:.2f} | {lat} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "cifar-resnet56"], choices=list(SETUPS))
-    ap.add_argument("--ratio", type=float, default=0.5)
-    ap.add_argument("--round-to", type=int, default=8, help="the rounded variant's round_to (default 8)")
+    ap.add_argument("--quick", action="store_true", help="CIFAR ResNet-20, 1 thread, two arms, 3 rounds")
+    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(SETUPS))
+    ap.add_argument("--threads", type=int, nargs="+", default=None,
+                    help="ONNX Runtime thread counts (default: 1 and all usable cores)")
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out-dir", default=None)
     args = ap.parse_args(argv)
+    arms = ARMS
     if args.quick:
-        args.models, args.rounds = ["cifar-resnet20"], 3
-    results = {}
-    md = []
-    for name in args.models:
-        build, shape, batch = SETUPS[name]
-        x = torch.randn(*shape)
-        torch.manual_seed(0)
-        dense = build().eval()
-        models = {"dense": dense}
-        achieved = {}
-        for rt in (None, args.round_to):
-            key = f"pruned-{args.ratio:g}" + (f"-round{rt}" if rt else "")
-            models[key], achieved[key] = pruned_copy(build, x, args.ratio, rt)
-        res = benchmark(models, x, batch_sizes=(batch,), threads=args.threads, rounds=args.rounds)
-        results[name] = {"result": res.to_dict(), "ratio_achieved": achieved, "batch": batch, "input": list(shape)}
-        md.append(f"### {name} (batch {batch})\n\n" + res.to_markdown())
-        for p in res.to_dict()["pairs"]:
-            print(f"{name:15s} {p['model']:20s} batch {p['batch_size']:3d}  MACs ratio {p['macs_ratio']:.2f}  "
-                  f"speedup {p['speedup']:.2f} ({p['speedup_p10']:.2f}-{p['speedup_p90']:.2f})  "
-                  f"efficiency {p['efficiency']:.2f}", flush=True)
-    setup = "latency-" + "_".join(args.models) + (f"-round{args.round_to}" if args.round_to != 8 else "")
-    setup += "-quick" if args.quick else ""
-    path = write(setup, {"models": results, "ratio": args.ratio, "rounds": args.rounds, "round_to": args.round_to},
-                 args.out_dir)
-    path.with_suffix(".md").write_text("\n\n".join(md) + "\n")
+        args.models, args.rounds, args.threads, arms = ["cifar-resnet20"], 3, [1], QUICK_ARMS
+    threads = args.threads or sorted({1, default_threads()})
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="attnprune-latency-cache-") as cache:
+        old = os.environ.get("ATTNPRUNE_CACHE")
+        os.environ["ATTNPRUNE_CACHE"] = cache  # a fresh cache: the build time is a cold build's
+        try:
+            for name in args.models:
+                for t in threads:
+                    rows.append({"model": name, **run_model(name, t, arms, args.rounds)})
+        finally:
+            if old is None:
+                os.environ.pop("ATTNPRUNE_CACHE", None)
+            else:
+                os.environ["ATTNPRUNE_CACHE"] = old
+    payload = {"format": 2, "cpu_model": cpu_model(), "vector_extensions": vector_extensions(),
+               "round_to_auto": machine_multiple("cpu")[0], "arms": [list(a) for a in arms],
+               "threads": threads, "rounds": args.rounds, "rows": rows}
+    setup = "latency-defaults-" + "_".join(args.models) + ("-quick" if args.quick else "")
+    path = write(setup, payload, args.out_dir)
+    path.with_suffix(".md").write_text(to_markdown(payload))
     print(f"wrote {path}")
     return 0
 

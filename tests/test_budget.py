@@ -153,9 +153,16 @@ def test_one_cost_interface_per_target():
     assert cost.removed(masks, "params") == 1 - params / cost.dense_params
     assert cost.removed(masks, "macs") == 1 - macs / cost.dense_macs
     assert cost.of((params, macs), "macs") == macs
-    for call in (lambda: cost.dense("latency"), lambda: cost.removed(masks, "latency"),
-                 lambda: cost.of((params, macs), "latency"), lambda: cost.channel_costs("latency"),
-                 lambda: reachable_ratio(cost, "latency")):
-        with pytest.raises(ValueError, match=r"target must be one of \('params', 'macs'\), got 'latency'"):
+    for call in (lambda: cost.dense("flops"), lambda: cost.removed(masks, "flops"),
+                 lambda: cost.of((params, macs), "flops"), lambda: cost.channel_costs("flops"),
+                 lambda: reachable_ratio(cost, "flops")):
+        with pytest.raises(ValueError, match=r"target must be one of \('params', 'macs', 'latency'\), got 'flops'"):
             call()
+    # latency is measured: without an attached latency model it raises, never counts MACs instead
+    for call in (lambda: cost.dense("latency"), lambda: cost.removed(masks, "latency"),
+                 lambda: cost.channel_costs("latency"), lambda: reachable_ratio(cost, "latency")):
+        with pytest.raises(ValueError, match="no latency model attached"):
+            call()
+    with pytest.raises(ValueError, match="'latency' is not a count"):
+        cost.of((params, macs), "latency")
     inst.remove()

@@ -33,7 +33,7 @@ def model():
 
 def run(**kw):
     return attnprune.prune(model(), tiny_data(), 0.5, method="taylor-iterative", trained=True, seed=1,
-                           progress=False, **{**ITER, **kw})
+                           progress=False, **{"round_to": 1, **ITER, **kw})
 
 
 @pytest.fixture(scope="module")

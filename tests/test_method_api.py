@@ -66,7 +66,7 @@ def test_new_method_prunes_end_to_end(registered):
     torch.manual_seed(0)
     model = ToyCNN()
     x = torch.randn(4, 3, 16, 16)
-    r = attnprune.prune(model, synthetic_loader((3, 16, 16)), 0.4, method=NAME, power=3.0, seed=0,
+    r = attnprune.prune(model, synthetic_loader((3, 16, 16)), 0.4, method=NAME, power=3.0, seed=0, round_to=1,
                         progress=False, finetune_epochs=1)
     rep = r.report
     assert abs(rep.ratio_achieved - 0.4) <= tolerance(None)

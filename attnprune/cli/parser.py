@@ -13,6 +13,16 @@ from .prune_command import run_prune
 __all__ = ["build_parser", "method_in"]
 
 
+def round_to_value(text: str) -> int | str:
+    """argparse type of ``--round-to``: ``auto`` or an int >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an int >= 1, got {text!r}") from None
+
+
 def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     """The argument parser of the ``attnprune`` command (one subparser per subcommand).
 
@@ -83,8 +93,20 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                    help="fraction of --target to remove, in (0, 1) (default: %(default)s)")
     add("--method", choices=available_methods(), default=DEFAULT_METHOD,
                    help="pruning method (default: %(default)s)")
-    add("--target", choices=list(TARGETS), default="params", help="default: %(default)s")
-    add("--round-to", type=positive_int, metavar="N", help="keep a multiple of N channels per group")
+    add("--target", choices=list(TARGETS), default="params",
+        help="what --ratio removes: params, macs (per sample) or latency (ONNX Runtime, measured on this "
+             "machine at --latency-batch and --latency-threads; default: %(default)s)")
+    add("--round-to", type=round_to_value, default="auto", metavar="N|auto",
+        help="keep a multiple of N channels per group (ratio met within 2 points); 'auto' (default): the "
+             "multiple the --provider's kernels want on this machine (16 with AVX-512, 8 with AVX2 or "
+             "CUDA, else 4); 1: free channel counts (within 1 point)")
+    add("--provider", choices=list(PROVIDERS), default="cpu",
+        help="deployment target: decides --round-to auto and where --target latency is measured "
+             "(default: %(default)s; not the training --device)")
+    add("--latency-batch", type=positive_int, default=1, metavar="N",
+        help="batch size at which --target latency is measured (default: %(default)s)")
+    add("--latency-threads", type=positive_int, metavar="N",
+        help="ONNX Runtime threads for --target latency (default: all usable CPUs)")
     add("--option", type=parse_option, action="append", metavar="KEY=VALUE",
                    help="a method option (repeatable), e.g. --option lr=0.01; values are Python literals, "
                         "else strings. The typed flags below do the same; --option also reaches an "

@@ -181,10 +181,11 @@ def run_prune(args: argparse.Namespace) -> int:
         check_ratio(args.ratio)
     except ValueError as exc:
         raise CLIError(f"--ratio: {exc}") from None
-    try:
-        check_round_to(args.round_to)
-    except ValueError as exc:
-        raise CLIError(f"--round-to: {exc}") from None
+    if args.round_to != "auto":
+        try:
+            check_round_to(args.round_to)
+        except ValueError as exc:
+            raise CLIError(f"--round-to: {exc}") from None
     try:
         make_config(get_method(args.method), options)
     except (TypeError, ValueError) as exc:
@@ -211,6 +212,7 @@ def run_prune(args: argparse.Namespace) -> int:
     result = pipeline.prune(
         model, train, ratio=args.ratio, method=args.method, target=args.target,
         example_inputs=example, eval_loader=test, device=device, round_to=args.round_to,
+        provider=args.provider, latency_batch=args.latency_batch, latency_threads=args.latency_threads,
         trained=args.trained, seed=args.seed, progress=not args.quiet,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, **options,
     )

@@ -2,10 +2,12 @@
 
 ``ratio`` is the fraction of the model's parameters removed (``target="params"``)
 or of its MACs per sample (``target="macs"``), counted over the whole model as
-fvcore counts it. Every channel of every group is ranked by its score; channels
+fvcore counts it, or of its predicted ONNX Runtime latency (``target="latency"``,
+through the latency model attached to the cost model). Every channel of every group is ranked by its score; channels
 are closed in ascending order, and the number closed is searched (bisection on
-the exact analytic count of :class:`~attnprune.core.cost.CostModel`) so the result
-meets the target within one percentage point. Layer budgets are therefore an
+the exact analytic count of :class:`~attnprune.core.cost.CostModel`, or the
+target's cost object) so the result meets the target within one percentage point
+with free counts (``round_to`` None or 1), two with ``round_to=k``. Layer budgets are therefore an
 output of the ranking, never an input.
 
 Rules:
@@ -39,7 +41,7 @@ import torch
 
 from .._digits import fraction_texts
 from ..errors import BudgetError
-from .cost import TARGETS, CostModel, check_target
+from .cost import COUNTED_TARGETS, TARGETS, CostModel, TargetCost, check_target
 from .limits import GroupLimits, floor_units, group_limits
 
 __all__ = ["BudgetResult", "select_channels", "normalize_scores", "TARGETS", "check_ratio", "check_target",
@@ -136,10 +138,13 @@ class BudgetResult:
 
 
 class _Search:
-    def __init__(self, cost: CostModel, scores, target, round_to, min_keep, limits: GroupLimits):
+    def __init__(self, cost: CostModel, scores, target, round_to, min_keep, limits: GroupLimits, target_cost=None):
         self.cost = cost
         self.target = target
-        self.dense = cost.dense(target)
+        # counted targets: the exact integer counts; a measured one (latency): its cost object
+        self.measure = cost.target_cost(target) if target_cost is None and target not in COUNTED_TARGETS \
+            else target_cost
+        self.dense = cost.dense(target) if self.measure is None else self.measure.dense
         self.round_to = round_to
         self.units = []  # per group: pattern scores
         self.step = []  # per group: kept-units granularity
@@ -180,6 +185,8 @@ class _Search:
     def ratio_for(self, k: int) -> tuple[float, list[torch.Tensor], tuple[int, int]]:
         masks = self.masks_for(k)
         counts = self.cost.count(masks)
+        if self.measure is not None:
+            return float(self.measure.removed_fraction(masks)), masks, counts
         return 1.0 - self.cost.of(counts, self.target) / self.dense, masks, counts
 
     def top_ratio(self) -> float:
@@ -200,22 +207,25 @@ def _unreachable(ratio: float, target: str, round_to, min_keep: int, top_ratio: 
 
 
 def reachable_ratio(cost: CostModel, target: str = "params", *, round_to: int | None = None,
-                    min_keep: int = 1, limits: GroupLimits | None = None) -> float:
+                    min_keep: int = 1, limits: GroupLimits | None = None,
+                    target_cost: TargetCost | None = None) -> float:
     """The largest fraction of ``target`` the budget search can remove.
 
     Every group keeps ``min_keep`` channels (its first ones; multiples of
     ``round_to``), and the floor of ``limits`` (default: those registered on
-    ``cost``, see :mod:`attnprune.core.limits`). Computed analytically, without
-    any scores of a method.
+    ``cost``, see :mod:`attnprune.core.limits`). Computed analytically (latency:
+    predicted by its cost object), without any scores of a method.
+    ``target_cost`` as in :func:`select_channels`.
     """
     target = check_target(target)
     ones = [torch.ones(g.n_channels) for g in cost.groups]
     return _Search(cost, ones, target, check_round_to(round_to), min_keep,
-                   group_limits(cost, limits)).top_ratio()
+                   group_limits(cost, limits), target_cost).top_ratio()
 
 
 def check_reachable(cost: CostModel, ratio: float, target: str = "params", *, round_to: int | None = None,
-                    min_keep: int = 1, limits: GroupLimits | None = None) -> None:
+                    min_keep: int = 1, limits: GroupLimits | None = None,
+                    target_cost: TargetCost | None = None) -> None:
     """Fail before training when ``ratio`` exceeds :func:`reachable_ratio` (beyond :func:`tolerance`).
 
     Raises:
@@ -224,7 +234,8 @@ def check_reachable(cost: CostModel, ratio: float, target: str = "params", *, ro
     ratio = check_ratio(ratio)
     round_to = check_round_to(round_to)
     limits = group_limits(cost, limits)
-    top = reachable_ratio(cost, target, round_to=round_to, min_keep=min_keep, limits=limits)
+    top = reachable_ratio(cost, target, round_to=round_to, min_keep=min_keep, limits=limits,
+                          target_cost=target_cost)
     if top < ratio - tolerance(round_to):
         raise _unreachable(ratio, target, round_to, min_keep, top, limits)
 
@@ -239,6 +250,7 @@ def select_channels(
     normalize: str | None = "mean",
     min_keep: int = 1,
     limits: GroupLimits | None = None,
+    target_cost: TargetCost | None = None,
 ) -> BudgetResult:
     """Choose keep-masks meeting ``ratio`` from one score per channel of every group.
 
@@ -252,6 +264,12 @@ def select_channels(
         min_keep: Channels (pattern units) every group keeps at least.
         limits: Per-group floor and cap (default: those registered on ``cost``
             with :func:`attnprune.core.limits.set_group_limits`).
+        target_cost: The cost object the ratio is measured with (``dense``,
+            ``removed_fraction(masks)``; :class:`~attnprune.core.cost.TargetCost`).
+            None: params and MACs are counted exactly by ``cost``, and
+            ``"latency"`` uses the latency model attached to ``cost``
+            (:meth:`~attnprune.core.cost.CostModel.set_target_cost`; an error
+            when none is). The search only predicts; it never measures a network.
 
     Returns:
         A :class:`BudgetResult`.
@@ -266,7 +284,7 @@ def select_channels(
     if len(scores) != len(cost.groups):
         raise ValueError(f"expected {len(cost.groups)} score vectors (one per group), got {len(scores)}")
     limits = group_limits(cost, limits)
-    search = _Search(cost, normalize_scores(scores, normalize), target, round_to, min_keep, limits)
+    search = _Search(cost, normalize_scores(scores, normalize), target, round_to, min_keep, limits, target_cost)
     n = len(search.cand)
     top_ratio = search.top_ratio()
     if top_ratio < ratio - tolerance(round_to):

@@ -14,11 +14,20 @@ Targets: every count for a budget target goes through :meth:`CostModel.dense`,
 :meth:`CostModel.of` and :meth:`CostModel.removed`, which raise for a target not
 in :data:`TARGETS` (so a new target is added here once, and never silently
 counted as another).
+
+The cost-for-target interface: :meth:`CostModel.target_cost` gives one object per
+target with ``dense``, ``removed_fraction(masks)`` and ``channel_costs()``, which the
+budget search and the methods use. ``"params"`` and ``"macs"`` are counted here
+(:class:`CountCost`); ``"latency"`` is measured, so its cost object (an
+:class:`attnprune.deploy.latency_model.LatencyModel`, which has the same three
+members) is attached with :meth:`CostModel.set_target_cost`; asking for a target whose
+cost object is missing raises, never counts another target instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -26,10 +35,43 @@ import torch.nn as nn
 from .._modes import eval_mode
 from .groups import NORM_TYPES, POOL_TYPES, ChannelGroup
 
-__all__ = ["CostModel", "LayerCost", "TARGETS", "check_target"]
+__all__ = ["CostModel", "CountCost", "LayerCost", "TargetCost", "TARGETS", "COUNTED_TARGETS", "check_target"]
 
-#: Budget targets, in the order of the ``(params, macs)`` tuples the counts return.
-TARGETS = ("params", "macs")
+#: Targets counted analytically, in the order of the ``(params, macs)`` tuples the counts return.
+COUNTED_TARGETS = ("params", "macs")
+#: Budget targets: the counted ones, and ``"latency"`` (measured ONNX Runtime seconds per batch).
+TARGETS = (*COUNTED_TARGETS, "latency")
+
+
+@runtime_checkable
+class TargetCost(Protocol):
+    """What the budget search needs of a target: its dense value and the fraction masks remove."""
+
+    dense: float
+
+    def removed_fraction(self, masks: list[torch.Tensor]) -> float:
+        """Fraction of the dense value that the keep-``masks`` (one per group) remove."""
+
+    def channel_costs(self) -> list[torch.Tensor]:
+        """What closing one channel of each group saves at the dense model (one tensor per group)."""
+
+
+class CountCost:
+    """The :class:`TargetCost` of a counted target (``"params"`` or ``"macs"``) of a :class:`CostModel`."""
+
+    def __init__(self, cost: CostModel, target: str):
+        if target not in COUNTED_TARGETS:
+            raise ValueError(f"a counted target must be one of {COUNTED_TARGETS}, got {target!r}")
+        self.cost, self.target = cost, target
+        self.dense = float(cost.dense(target))
+
+    def removed_fraction(self, masks: list[torch.Tensor]) -> float:
+        """Fraction of the count that the keep-``masks`` remove."""
+        return self.cost.removed(masks, self.target)
+
+    def channel_costs(self) -> list[torch.Tensor]:
+        """Per-channel count saved (see :meth:`CostModel.channel_costs`)."""
+        return self.cost.channel_costs(self.target)
 
 
 def check_target(target) -> str:
@@ -154,6 +196,7 @@ class CostModel:
         self._record_spatial(model, args, by_module)
         full = self.count_closed([torch.zeros(g.n_channels, dtype=torch.bool) for g in groups])
         self.dense_params, self.dense_macs = full
+        self._measured: dict[str, TargetCost] = {}
 
     @staticmethod
     def _record_spatial(model, args, by_module) -> None:
@@ -197,29 +240,70 @@ class CostModel:
         return self.count_closed([~m.to("cpu", torch.bool) for m in masks])
 
     # -- one interface per target -------------------------------------------------
+    def set_target_cost(self, target: str, cost: TargetCost) -> None:
+        """Attach the cost object of a measured target (``"latency"``: a ``LatencyModel``).
+
+        Raises:
+            ValueError: ``target`` is counted here (params, MACs) or unknown.
+            TypeError: ``cost`` lacks ``dense``, ``removed_fraction`` or ``channel_costs``.
+        """
+        if check_target(target) in COUNTED_TARGETS:
+            raise ValueError(f"target {target!r} is counted by the cost model; only measured targets are attached")
+        if not isinstance(cost, TargetCost):
+            raise TypeError(f"the cost of target {target!r} needs dense, removed_fraction(masks) and "
+                            f"channel_costs(), got {type(cost).__name__}")
+        self._measured[target] = cost
+
+    def target_cost(self, target: str) -> TargetCost:
+        """The cost object of ``target`` (:class:`TargetCost`).
+
+        Raises:
+            ValueError: ``target`` is not one of :data:`TARGETS`, or it is measured
+                (``"latency"``) and no cost object was attached.
+        """
+        if check_target(target) in COUNTED_TARGETS:
+            return CountCost(self, target)
+        found = self._measured.get(target)
+        if found is None:
+            raise ValueError(
+                f"target {target!r} is measured, and this cost model has no {target} model attached: "
+                "prune(target='latency') builds one; in your own loop call "
+                "cost.set_target_cost('latency', attnprune.deploy.latency_model.build_latency_model(inst))"
+            )
+        return found
+
     @staticmethod
     def of(counts: tuple[int, int], target: str) -> int:
         """The entry of a ``(params, macs)`` pair that ``target`` counts.
 
         Raises:
-            ValueError: ``target`` is not one of :data:`TARGETS`.
+            ValueError: ``target`` is not one of :data:`COUNTED_TARGETS` (latency is no count).
         """
-        return counts[TARGETS.index(check_target(target))]
+        if check_target(target) not in COUNTED_TARGETS:
+            raise ValueError(f"target {target!r} is not a count; use target_cost({target!r})")
+        return counts[COUNTED_TARGETS.index(target)]
 
-    def dense(self, target: str) -> int:
-        """``target``'s count of the unpruned model (e.g. ``dense("params")``)."""
+    def dense(self, target: str) -> float:
+        """``target``'s value of the unpruned model (e.g. ``dense("params")``; seconds for latency)."""
+        if check_target(target) not in COUNTED_TARGETS:
+            return self.target_cost(target).dense
         return self.of((self.dense_params, self.dense_macs), target)
 
     def removed(self, masks: list[torch.Tensor], target: str) -> float:
         """Fraction of ``target`` that the keep-``masks`` (one per group) remove."""
+        if check_target(target) not in COUNTED_TARGETS:
+            return float(self.target_cost(target).removed_fraction(masks))
         return 1.0 - self.of(self.count(masks), target) / self.dense(target)
 
     def channel_costs(self, target: str = "params") -> list[torch.Tensor]:
         """Cost of each group's channels: what closing one channel saves at the dense model.
 
         Used to weight regularisers and to make scores of different groups comparable.
+        A measured target's come from its cost object (latency: seconds saved).
         """
-        which = TARGETS.index(check_target(target))
+        if check_target(target) not in COUNTED_TARGETS:
+            return self.target_cost(target).channel_costs()
+        which = COUNTED_TARGETS.index(target)
         dense = self.dense(target)
         costs = []
         for g in self.groups:

@@ -55,6 +55,7 @@ from .._batch import batch_size, with_batch
 from .._ints import check_int
 from .._tree import as_inputs
 from .bench_result import BenchResult
+from .channels import warn_other_multiple
 from .export import export_onnx
 from .machine import machine_info
 from .metrics import count_macs, count_params
@@ -181,6 +182,7 @@ def benchmark(
     provider: str = "cpu",
     workdir: str | os.PathLike[str] | None = None,
     runs_per_round: int | None = None,
+    channel_multiple: int | None = None,
 ) -> BenchResult:
     """Times models with ONNX Runtime in interleaved rounds and compares them.
 
@@ -210,6 +212,11 @@ def benchmark(
             uses a temporary directory that is deleted afterwards.
         runs_per_round: Calls per model, batch size and round; ``None`` picks
             enough calls to last at least ~50 ms (at least 1).
+        channel_multiple: The multiple the models' channels were rounded to
+            (``PruneReport.round_to``), when known; ``None`` infers it from the
+            channel counts of the models after the first. A warning says when
+            this machine would choose another (the rule:
+            :func:`attnprune.deploy.channels.warn_other_multiple`).
 
     Returns:
         A :class:`BenchResult`.
@@ -232,6 +239,9 @@ def benchmark(
     provider = check_provider(provider)
     if runs_per_round is not None:
         runs_per_round = check_int("runs_per_round", runs_per_round, 1)
+    if channel_multiple is not None:
+        check_int("channel_multiple", channel_multiple, 1)
+    warn_other_multiple(dict(items), provider, channel_multiple)
 
     tmp = None
     if workdir is None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .._files import atomic_file
 from ..data import cache_dir
+from . import machine
 
 __all__ = ["cache_key", "default_cache_dir", "load_cached", "machine_identity", "save_cached"]
 
@@ -33,20 +34,9 @@ def default_cache_dir() -> Path:
 
 
 def machine_identity() -> dict:
-    """The CPU's model name and feature flags (``/proc/cpuinfo``) and architecture."""
-    model, flags = None, []
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                name, _, value = line.partition(":")
-                name = name.strip()
-                if name in ("model name", "Model", "cpu model") and model is None:
-                    model = value.strip()
-                elif name in ("flags", "Features") and not flags:
-                    flags = sorted(set(value.split()))
-    except OSError:
-        pass
-    return {"cpu": model or platform.processor() or None, "cpu_flags": flags, "machine": platform.machine()}
+    """The CPU's model name and sorted feature flags (:mod:`attnprune.deploy.machine`) and architecture."""
+    flags = machine.cpu_flags()
+    return {"cpu": machine.cpu_model(), "cpu_flags": sorted(set(flags or ())), "machine": platform.machine()}
 
 
 def _ort_version() -> str | None:

@@ -42,10 +42,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._ints import check_int
 from .._tree import as_inputs
 from ..core.cost import CostModel, LayerCost
 from ..core.instrument import Instrumented
-from .export import PROVIDERS
 from .latency_cache import cache_key, load_cached, save_cached
 from .latency_table import (
     DenseTimer,
@@ -55,6 +55,7 @@ from .latency_table import (
     grid_points,
     layer_specs,
 )
+from .ort_session import check_provider, check_threads
 
 __all__ = ["SCALINGS", "LatencyModel", "build_latency_model"]
 
@@ -238,21 +239,6 @@ class LatencyModel:
 # --------------------------------------------------------------------------- #
 # Building
 # --------------------------------------------------------------------------- #
-def _check_int(value, name: str, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int ({what}), got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1 ({what}), got {value}")
-    return value
-
-
-def _usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def build_latency_model(
     inst_or_cost: Instrumented | CostModel,
     *,
@@ -305,13 +291,11 @@ def build_latency_model(
             ``dense_latency``, or a cost model without ``model``/``example_inputs``.
         TypeError: ``inst_or_cost`` is neither an instrumented model nor a cost model.
     """
-    batch = _check_int(batch, "batch", "samples per timed run")
-    threads = _usable_cpus() if threads is None else _check_int(threads, "threads", "ONNX Runtime intra-op threads")
-    if not isinstance(provider, str) or provider.lower() not in PROVIDERS:
-        raise ValueError(f"provider must be one of {sorted(PROVIDERS)}, got {provider!r}")
-    provider = provider.lower()
-    multiple = _check_int(multiple, "multiple", "the channel rounding grid")
-    if _check_int(points, "points", "grid points per dimension") < 2:
+    batch = check_int("batch", batch, 1)
+    threads = check_threads(threads)
+    provider = check_provider(provider)
+    multiple = check_int("multiple", multiple, 1)
+    if check_int("points", points, 1) < 2:
         raise ValueError(f"points must be >= 2 (both ends of each dimension), got {points}")
     if scaling not in SCALINGS:
         raise ValueError(f"scaling must be one of {list(SCALINGS)}, got {scaling!r}")

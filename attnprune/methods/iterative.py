@@ -117,8 +117,7 @@ class TaylorIterativeMethod(TaylorMethod):
         masks = [new & old for new, old in zip(sel.masks, before)]
         if any(not torch.equal(m, n) for m, n in zip(masks, sel.masks)):  # a step too small to close more
             params, macs = self.inst.cost.count(masks)
-            dense = self.inst.cost.dense_params if b.target == "params" else self.inst.cost.dense_macs
-            achieved = 1.0 - (params if b.target == "params" else macs) / dense
+            achieved = self.inst.cost.removed(masks, b.target)  # any target, latency included
             sel = BudgetResult(masks=masks, ratio=achieved, params=params, macs=macs, threshold=sel.threshold)
         self.inst.set_masks(masks)
         self.last_selection = sel

@@ -22,8 +22,10 @@ scores), then removal of the closed channels and fine-tuning.
 Choices where the paper is silent or does not fit a library (see ``docs/methods.md``):
 
 * the per-layer FLOPs balancing of section 3.1 is generalised to per-channel cost
-  weights ``w``: what closing the channel saves in ``target`` (params or MACs),
-  normalised to mean 1 over all channels, so ``lam`` keeps the paper's scale;
+  weights ``w``: what closing the channel saves in ``target`` (params or MACs
+  counted, or for ``target="latency"`` the seconds the latency model predicts,
+  :meth:`~attnprune.deploy.latency_model.LatencyModel.channel_costs`; never MACs
+  in its place), normalised to mean 1 over all channels, so ``lam`` keeps the paper's scale;
 * the AN input is scaled (no gradient) so each channel's row has unit mean L1
   norm, and vanilla's ``vec(F)`` unit L1 norm: an Adam step of size ``an_lr`` then
   moves a logit by at most about ``an_lr`` whatever the group's size (the paper's
@@ -207,7 +209,8 @@ class PAAMMethod(PruningMethod):
             nets.append(net)
             self.variants.append(variant)
         self.an = nn.ModuleList(nets)
-        costs = inst.cost.channel_costs(self.budget.target)
+        # the target's own cost object: counted params/MACs, or the latency model's seconds per channel
+        costs = inst.cost.target_cost(self.budget.target).channel_costs()
         if c.cost_weight == "sqrt":
             costs = [w.sqrt() for w in costs]
         elif c.cost_weight == "uniform":

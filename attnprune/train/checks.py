@@ -14,12 +14,15 @@ import torch
 import torch.nn as nn
 
 from .._batch import call_model, to_device as _to, unpack_batch
+from .._ints import check_int
 from .._modes import eval_mode
 from .._tree import as_inputs, flatten_tensors
 from ..core.budget import check_reachable as check_reachable_ratio
 from ..core.instrument import Instrumented
 from ..core.limits import GroupLimits
-from ..methods import available_methods
+from ..deploy.channels import machine_multiple
+from ..deploy.ort_session import check_provider, default_threads
+from ..methods import available_methods, get_method
 from ..methods.base import Budget
 from . import distributed as dist_util
 from .batches import dict_batch_hint
@@ -42,6 +45,9 @@ __all__ = [
     "check_feeds",
     "check_reachable",
     "check_distributed_loader",
+    "resolve_round_to",
+    "check_target_support",
+    "check_latency_options",
 ]
 
 
@@ -259,3 +265,53 @@ def resolve_trained(trained, pretrained) -> bool:
     if not isinstance(trained, bool):
         raise TypeError(f"trained must be True or False, got {trained!r}")
     return trained
+
+
+def resolve_round_to(round_to, provider, structured: bool = True) -> tuple[int, dict]:
+    """The channel multiple to keep: ``round_to`` itself, or for ``"auto"`` the target's.
+
+    ``"auto"`` is :func:`attnprune.deploy.channels.channel_multiple` of ``provider``
+    and this machine's CPU flags (16 with AVX-512, 8 with AVX2 or CUDA, else 4);
+    for an unstructured method (no channel is removed) it is 1.
+
+    Returns:
+        ``(multiple, source)``: the int (1 = free counts) and the report's
+        ``round_to_source`` (``requested``, and for ``"auto"`` ``provider`` and
+        ``vector_extensions``).
+
+    Raises:
+        ValueError: ``round_to`` is neither ``"auto"`` nor a positive int, or an
+            unknown ``provider``.
+    """
+    provider = check_provider(provider)
+    if round_to is None:  # attnprune 0.1's spelling of free counts
+        return 1, {"requested": None}
+    if round_to == "auto" and not structured:
+        return 1, {"requested": "auto", "provider": provider, "unstructured": True}
+    if round_to == "auto":
+        multiple, source = machine_multiple(provider)
+        return multiple, {"requested": "auto", **source}
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be 'auto' (the deployment target's channel multiple) or a positive "
+                         f"int (1 or None: free channel counts), got {round_to!r}")
+    return round_to, {"requested": round_to}
+
+
+def check_target_support(method_cls, name: str, target: str) -> None:
+    """A latency target needs a structured method (its channels are removed, so latency changes).
+
+    Raises:
+        ValueError: ``target="latency"`` with an unstructured method (naming the choices).
+    """
+    if target == "latency" and not method_cls.structured:
+        structured = [m for m in available_methods() if get_method(m).structured]
+        raise ValueError(
+            f"method {name!r} is unstructured (it zeroes weights, so layer shapes and latency stay the same) "
+            f"and cannot serve target='latency'; use a structured method, one of {structured}"
+        )
+
+
+def check_latency_options(latency_batch, latency_threads) -> tuple[int, int]:
+    """``latency_batch`` (an int >= 1) and ``latency_threads`` (None: every usable CPU)."""
+    batch = check_int("latency_batch", latency_batch, 1)
+    return batch, default_threads() if latency_threads is None else check_int("latency_threads", latency_threads, 1)

@@ -29,6 +29,8 @@ from ..core.frozen import frozen_layers
 from ..core.groups import check_untied
 from ..core.instrument import instrument
 from ..core.limits import GroupLimits, limits_hit, set_group_limits
+from ..deploy.ort_session import check_provider
+from ..errors import BudgetError
 from ..methods import get_method, make_config
 from ..methods.base import Budget, Context, Phase, PruningMethod
 from . import checks, data_checks, diagnostics, distributed as dist_util, exactness
@@ -38,6 +40,7 @@ from .callbacks import resolve_callbacks
 from .checkpoint import Checkpointer
 from .dry_run import DryRunReport, dry_run as plan_run
 from .fingerprint import ignored_names, run_fingerprint
+from .latency_target import attach_latency_model, measure_latency
 from .result import GroupReport, PruneReport, PruneResult
 from .runner import Runner, evaluate
 from .scoring import Metric, check_metric
@@ -63,7 +66,10 @@ def prune(
     loss_fn: Callable | None = None,
     device=None,
     ignored_layers=None,
-    round_to: int | None = None,
+    round_to: int | str = "auto",
+    provider: str = "cpu",
+    latency_batch: int = 1,
+    latency_threads: int | None = None,
     trained: bool = False,
     pretrained: bool | None = None,
     seed: int | None = None,
@@ -97,10 +103,20 @@ def prune(
             DistributedDataParallel give it a ``DistributedSampler`` (its epoch
             is set before every epoch).
         ratio: Fraction of the model's parameters to remove (of its MACs per
-            sample with ``target="macs"``), in (0, 1), counted over the whole model
-            as fvcore counts it; met within one percentage point.
+            sample with ``target="macs"``, of its ONNX Runtime latency with
+            ``target="latency"``), in (0, 1), counted over the whole model as
+            fvcore counts it; met within one percentage point with free channel
+            counts (``round_to=1``), within two with a multiple (the default
+            ``"auto"`` rounds), as the budget search computes it (latency: as
+            the latency model predicts it).
         method: A registered method: see :func:`attnprune.available_methods`.
-        target: ``"params"`` or ``"macs"``.
+        target: ``"params"``, ``"macs"`` or ``"latency"`` (the dense model's
+            latency, measured on this machine at ``latency_batch`` samples and
+            ``latency_threads`` threads, is the whole; a latency model built
+            once per run, and cached on disk, predicts the pruned one for the
+            budget search; the pruned model is measured after removal and the
+            report's ``latency`` gives both). Unstructured methods (``aswl``)
+            cannot serve it and raise before training.
         example_inputs: One batch for tracing (default: first sample of ``loader``).
         eval_loader: Optional held-out data; accuracies are then reported. It is
             checked before training like ``loader`` (re-iterable, non-empty, and
@@ -114,7 +130,21 @@ def prune(
         device: Where to train (default: the model's device). Batches are moved there.
         ignored_layers: Modules (of ``model``) or qualified names whose output
             channels are kept.
-        round_to: Keep a multiple of this many channels per group (±2 points).
+        round_to: Keep a multiple of this many channels per group (ratio met
+            within ±2 points). ``"auto"`` (default): the multiple the deployment
+            target's kernels want (:func:`attnprune.deploy.channels.channel_multiple`
+            of ``provider`` and this machine's CPU flags: 16 with AVX-512, 8 with
+            AVX2 or CUDA, else 4; free counts for an unstructured method); an
+            int wins; ``1`` (or None, as in 0.1) gives free counts (±1 point).
+            The report records the value used and what it was chosen from.
+        provider: The deployment target ``"cpu"`` (ONNX Runtime's CPU provider,
+            default; the CPU is this machine's) or ``"cuda"``; it decides
+            ``round_to="auto"`` and where a latency target is measured. It is
+            not the training device (``device``).
+        latency_batch: Batch size at which ``target="latency"`` is measured (default 1).
+        latency_threads: ONNX Runtime intra-op threads for ``target="latency"``
+            (default None: every CPU this process may use, as
+            :func:`attnprune.benchmark`).
         trained: The model is trained already: skip the warm-up (no weights are
             downloaded; this is not torchvision's ``pretrained``), and train the
             CNN's phases and fine-tuning with SGD at :data:`TRAINED_LR` (0.01)
@@ -195,8 +225,12 @@ def prune(
     model = exactness.unwrap_compiled(model)
     exactness.check_float32(model)
     check_untied(model)
-    budget = Budget(check_ratio(ratio), check_target(target), check_round_to(round_to))
+    ratio, target, provider = check_ratio(ratio), check_target(target), check_provider(provider)
     method_cls = get_method(checks.check_method_name(method))
+    multiple, round_source = checks.resolve_round_to(round_to, provider, structured=method_cls.structured)
+    budget = Budget(ratio, target, check_round_to(multiple))
+    checks.check_target_support(method_cls, method, budget.target)
+    lat_batch, lat_threads = checks.check_latency_options(latency_batch, latency_threads)
     limits = GroupLimits(min_keep, max_group_ratio)
     trained = checks.resolve_trained(trained, pretrained)
     config = _trained_lr(make_config(method_cls, options), options, trained)
@@ -237,12 +271,22 @@ def prune(
     inst = instrument(work, example_inputs, ignored_layers=ignored)
     set_group_limits(inst.cost, limits)
     algo: PruningMethod = method_cls(config)
+    latency_model = None
     try:
         if dry is not None:  # a dry finalize: an inexact model fails now, not after training
             exactness.check_exact(dry, example_inputs, ignored)
             dry = None
+        if budget.target == "latency":
+            latency_model = attach_latency_model(inst, batch=lat_batch, threads=lat_threads, provider=provider,
+                                                 multiple=multiple)
         if method_cls.structured:
-            checks.check_reachable(inst, budget, limits)
+            try:
+                checks.check_reachable(inst, budget, limits)
+            except BudgetError as exc:
+                if round_source["requested"] != "auto" or budget.round_to is None:
+                    raise
+                raise BudgetError(f"{exc}; round_to='auto' chose multiples of {multiple} for this {provider} "
+                                  "target: pass round_to=1 for free channel counts") from None
         params_before, macs_before = inst.cost.dense_params, inst.cost.dense_macs
         runner = Runner(loader=loader, loss_fn=loss_fn, device=device, eval_loader=eval_loader,
                         steps_per_epoch=config.steps_per_epoch, progress=progress, distributed=use_dist,
@@ -261,6 +305,8 @@ def prune(
                                           ignored or [], loader)
             if limits:
                 fingerprint["limits"] = dataclasses.asdict(limits)
+            if budget.target == "latency":
+                fingerprint["latency"] = {"batch": lat_batch, "threads": lat_threads, "provider": provider}
             checkpointer = Checkpointer(checkpoint_dir, fingerprint, loader, distributed=use_dist)
 
         scorer = None if eval_loader is None else functools.partial(
@@ -299,6 +345,11 @@ def prune(
         acc_after = scorer(pruned) if scorer is not None else None
         separation = diagnostics.score_separation(algo, learned, removal.selection.masks)
         chance = diagnostics.chance_accuracy(pruned, example_inputs) if record.acc_removal is not None else None
+        latency = None
+        if latency_model is not None:
+            latency = measure_latency(latency_model, inst.masks(), model, pruned, inst.example_inputs,
+                                      batch=lat_batch, threads=lat_threads, provider=provider,
+                                      channel_multiple=multiple)
     except BaseException:
         algo.detach()
         inst.remove()
@@ -307,6 +358,8 @@ def prune(
         set_group_limits(inst.cost, None)
     result = _result(model, method, budget, inst, removal, runner, record, params_before, macs_before, acc_after)
     report = result.report
+    report.round_to_source = round_source
+    report.latency = latency
     report.min_keep, report.max_group_ratio = limits.min_keep, limits.max_group_ratio
     report.frozen_layers = frozen
     report.score_separation = separation

@@ -36,6 +36,16 @@ class GroupReport:
 class PruneReport:
     """What :func:`prune` did. ``macs`` are multiply-accumulates per sample (fvcore).
 
+    ``round_to`` is the channel multiple used (None: free counts);
+    ``round_to_source`` says where it came from: ``requested`` (``"auto"`` or the
+    int given), and for ``"auto"`` the ``provider`` and the CPU's
+    ``vector_extensions`` it was chosen from. ``latency`` (``target="latency"``
+    only) gives the latency model's prediction and the measurement after
+    ``finalize()`` side by side: ``batch``, ``threads``, ``provider``,
+    ``predicted_dense_ms``, ``predicted_pruned_ms``, ``measured_dense_ms``,
+    ``measured_pruned_ms`` (ONNX Runtime medians), ``predicted_removed``,
+    ``measured_removed`` and ``model_from_cache``.
+
     ``accuracy_before_pruning`` is measured on the model the method starts pruning
     (after warm-up, gates off); ``accuracy_at_removal`` right after the closed
     channels are removed, before fine-tuning; ``accuracy_after`` at the end.
@@ -70,6 +80,8 @@ class PruneReport:
     frozen_layers: list[str] = field(default_factory=list)
     score_separation: float | None = None
     warnings: list[str] = field(default_factory=list)
+    round_to_source: dict = field(default_factory=dict)
+    latency: dict | None = None
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict."""
@@ -102,6 +114,14 @@ class PruneReport:
                          + (" ..." if len(limited) > 8 else ""))
         if self.frozen_layers:
             lines.append(f"{len(self.frozen_layers)} frozen layer(s) pruned and kept frozen")
+        if self.latency is not None:
+            lat = self.latency
+            lines.append(
+                f"latency (batch {lat['batch']}, {lat['threads']} threads) dense -> pruned: predicted "
+                f"{lat['predicted_dense_ms']:.2f} -> {lat['predicted_pruned_ms']:.2f} ms "
+                f"({100 * lat['predicted_removed']:.1f}% removed), measured {lat['measured_dense_ms']:.2f} -> "
+                f"{lat['measured_pruned_ms']:.2f} ms ({100 * lat['measured_removed']:.1f}% removed)"
+            )
         lines.append(f"time {self.seconds:.1f}s")
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
