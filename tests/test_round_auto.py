@@ -100,14 +100,16 @@ def test_bad_rounding_and_latency_arguments_name_themselves(kwargs, match):
         attnprune.prune(resnet20(in_channels=1), tiny_data(), 0.4, **{**FAST, **kwargs})
 
 
-def test_unreachable_with_auto_says_how_to_get_free_counts(flags):
+def test_auto_falls_back_to_free_counts_with_a_warning_when_its_multiple_cannot_reach(flags):
     flags(AVX512)
     net = nn.Sequential(nn.Conv2d(1, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3),
                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-    with pytest.raises(attnprune.BudgetError, match="round_to='auto' chose multiples of 16.*round_to=1"):
-        attnprune.prune(net, tiny_data(), 0.5, **FAST)
-    res = attnprune.prune(net, tiny_data(), 0.5, round_to=1, **FAST)
+    with pytest.warns(UserWarning, match="round_to='auto' chose multiples of 16.*free channel counts"):
+        res = attnprune.prune(net, tiny_data(), 0.5, **FAST)
     assert abs(res.report.ratio_achieved - 0.5) <= 0.01
+    assert res.report.round_to is None and "free counts" in res.report.round_to_source["fallback"]
+    with pytest.raises(attnprune.BudgetError, match="multiples of 16"):  # an explicit multiple is not overridden
+        attnprune.prune(net, tiny_data(), 0.5, round_to=16, **FAST)
 
 
 def _net(width: int) -> nn.Sequential:

@@ -195,6 +195,7 @@ def run_prune(args: argparse.Namespace) -> int:
 
     info(args, f"loading data ({args.data})")
     train, test, num_classes, in_channels = loaders(args)
+    torch.manual_seed(args.seed)  # the initial weights follow --seed (a resumed run must start from the same ones)
     model, base_kwargs = build_model_from_spec(args.model, num_classes, in_channels)
     if args.weights:
         head = load_weights(model, args.weights)

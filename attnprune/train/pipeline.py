@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -285,8 +286,13 @@ def prune(
             except BudgetError as exc:
                 if round_source["requested"] != "auto" or budget.round_to is None:
                     raise
-                raise BudgetError(f"{exc}; round_to='auto' chose multiples of {multiple} for this {provider} "
-                                  "target: pass round_to=1 for free channel counts") from None
+                # "auto" must not make a small model unprunable: free counts, said out loud
+                checks.check_reachable(inst, dataclasses.replace(budget, round_to=None), limits)
+                warnings.warn(f"round_to='auto' chose multiples of {multiple} for this {provider} target, but "
+                              f"{exc}; using free channel counts instead (slower kernels on this target)",
+                              stacklevel=2)
+                round_source = {**round_source, "fallback": f"free counts (unreachable with multiples of {multiple})"}
+                budget, multiple = dataclasses.replace(budget, round_to=None), 1
         params_before, macs_before = inst.cost.dense_params, inst.cost.dense_macs
         runner = Runner(loader=loader, loss_fn=loss_fn, device=device, eval_loader=eval_loader,
                         steps_per_epoch=config.steps_per_epoch, progress=progress, distributed=use_dist,
