@@ -278,3 +278,22 @@ def test_prune_help_documents_the_data_flags(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for flag in ("--normalize", "--no-augment", "--val-fraction", "--workers", "--download"):
         assert flag in text
+
+
+@needs_fashion_mnist
+def test_dry_run_prints_the_plan_trains_nothing_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import attnprune.train.runner as runner
+
+    monkeypatch.chdir(tmp_path)  # anything written to a relative path would land here
+    steps = []
+    real = runner.Runner._step
+    monkeypatch.setattr(runner.Runner, "_step", lambda self, *a, **k: steps.append(1) or real(self, *a, **k))
+    args = ["prune", "--model", "resnet20", "--method", "l1", "--train-subset", "128", "--test-subset", "64",
+            "--batch-size", "64", "--ratio", "0.3", "--dry-run"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "warmup" in out and "finetune" in out and "estimated" in out.lower()
+    assert len(steps) <= 2 * 3  # only the timed steps of the plan (gated/plain kinds), no epoch
+    assert not any(tmp_path.iterdir())
+    assert cli.main(["prune", "--model", "resnet20", "--ratio", "0.3"]) == 2
+    assert "--out is required" in capsys.readouterr().err

@@ -180,3 +180,21 @@ def test_phase_labels_prefer_recorded_cycle():
     history = [{"phase": "an", "epoch": 1, "cycle": 0}, {"phase": "an", "epoch": 1, "cycle": 1}]
     assert phase_labels(history) == ["an (cycle 1)", "an (cycle 2)"]
     assert kept_label("params") == "Params kept"
+
+
+def test_markdown_shows_latency_warnings_and_groups_at_a_limit():
+    from attnprune.report.markdown import render_markdown
+
+    rep = {"method": "paam", "target": "latency", "ratio_requested": 0.5, "ratio_achieved": 0.48,
+           "params_before": 100, "params_after": 60, "macs_before": 1000, "macs_after": 500,
+           "groups": [{"name": "conv1", "kept": 4, "total": 16, "limit": "max_group_ratio"},
+                      {"name": "conv2", "kept": 8, "total": 16, "limit": None}],
+           "latency": {"batch": 1, "threads": 2, "predicted_dense_ms": 10.0, "predicted_pruned_ms": 5.2,
+                       "predicted_removed": 0.48, "measured_dense_ms": 11.0, "measured_pruned_ms": 5.5,
+                       "measured_removed": 0.5},
+           "warnings": ["the learned scores did not separate"]}
+    md = render_markdown(rep)
+    assert "| Predicted (latency model) | 10.00 | 5.20 | 48.0% |" in md
+    assert "| Measured | 11.00 | 5.50 | 50.0% |" in md
+    assert "## Warnings" in md and "* the learned scores did not separate" in md
+    assert "`conv1` (at max_group_ratio)" in md and "`conv2` |" in md

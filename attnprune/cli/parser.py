@@ -121,8 +121,11 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     add("--checkpoint-dir", metavar="DIR",
                    help="write a checkpoint here at every epoch end (outside --out, so it survives a failure)")
     add("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
-    add("--out", required=True, metavar="DIR", help="output folder (must be empty or new)")
+    add("--out", metavar="DIR", help="output folder (must be empty or new; required unless --dry-run)")
     add("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    add("--dry-run", action="store_true",
+        help="check everything, instrument, time a few steps and print the phases, passes and an estimated "
+             "time; train nothing and write nothing")
     add("--quiet", action="store_true", help="no progress bars or status messages")
     method = DEFAULT_METHOD if method is None else method
     p.set_defaults(func=run_prune, method_specs=add_method_flags(p, method, taken))

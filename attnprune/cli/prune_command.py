@@ -173,8 +173,11 @@ def run_prune(args: argparse.Namespace) -> int:
 
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir (the folder holding checkpoint.pt)")
-    out = Path(args.out)
-    _check_out_folder(out, args.overwrite)
+    if args.out is None and not args.dry_run:
+        raise CLIError("--out is required (the output folder), unless --dry-run")
+    out = Path(args.out) if args.out is not None else None
+    if out is not None:
+        _check_out_folder(out, args.overwrite)
     options = _options(args)
     # Validate everything cheap before loading data or training.
     try:
@@ -215,8 +218,11 @@ def run_prune(args: argparse.Namespace) -> int:
         example_inputs=example, eval_loader=test, device=device, round_to=args.round_to,
         provider=args.provider, latency_batch=args.latency_batch, latency_threads=args.latency_threads,
         trained=args.trained, seed=args.seed, progress=not args.quiet,
-        checkpoint_dir=args.checkpoint_dir, resume=args.resume, **options,
+        checkpoint_dir=None if args.dry_run else args.checkpoint_dir, resume=args.resume and not args.dry_run,
+        dry_run=args.dry_run, **options,
     )
+    if args.dry_run:  # prune() printed the plan; nothing was trained or written
+        return 0
     history = getattr(result, "pruning_history", None)
     if history is None:
         raise RuntimeError("this attnprune's prune() does not return pruning_history; cannot save model.pt")

@@ -109,6 +109,10 @@ def _bench_markdown(bench: Any) -> str:
     raise TypeError(f"bench must be an attnprune.deploy.bench.BenchResult or a dict, got {type(bench).__name__}")
 
 
+def _ms(value) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) else "n/a"
+
+
 def render_markdown(report: Any, *, bench: Any = None, images: Mapping[str, str] | None = None) -> str:
     """Render a report as Markdown.
 
@@ -152,6 +156,21 @@ def render_markdown(report: Any, *, bench: Any = None, images: Mapping[str, str]
         f"| MACs per sample | {_num(rep.get('macs_before'))} | {_num(rep.get('macs_after'))} | "
         f"{_change(rep.get('macs_before'), rep.get('macs_after'))} |",
     ]
+    lat = rep.get("latency")
+    if isinstance(lat, Mapping):
+        lines += [
+            "",
+            f"| Latency (ONNX Runtime, batch {lat.get('batch')}, {lat.get('threads')} threads) "
+            "| Dense ms | Pruned ms | Removed |",
+            "|:--|--:|--:|--:|",
+            f"| Predicted (latency model) | {_ms(lat.get('predicted_dense_ms'))} | "
+            f"{_ms(lat.get('predicted_pruned_ms'))} | {_pct(lat.get('predicted_removed'))} |",
+            f"| Measured | {_ms(lat.get('measured_dense_ms'))} | {_ms(lat.get('measured_pruned_ms'))} | "
+            f"{_pct(lat.get('measured_removed'))} |",
+        ]
+    warned = [w for w in rep.get("warnings") or [] if isinstance(w, str)]
+    if warned:
+        lines += ["", "## Warnings", ""] + [f"* {_cell(w)}" for w in warned]
     accs = [(label, rep.get(key)) for key, label in _ACCURACIES]
     if any(isinstance(v, (int, float)) for _, v in accs):
         lines += ["", "| Top-1 accuracy | % |", "|:--|--:|"]
@@ -165,8 +184,10 @@ def render_markdown(report: Any, *, bench: Any = None, images: Mapping[str, str]
         if "kept" in images:
             lines += [f"![Kept vs total channels per group]({images['kept']})", ""]
         lines += [_GROUP_NOTE, "", "| # | Group | Kept | Total | Kept % |", "|--:|:--|--:|--:|--:|"]
+        limits = {g.get("name"): g.get("limit") for g in rep.get("groups") or [] if isinstance(g, Mapping)}
         for i, (name, k, t) in enumerate(groups):
-            lines.append(f"| {i} | `{_cell(name)}` | {k} | {t} | {_pct(k / t if t else None)} |")
+            at = f" (at {limits[name]})" if limits.get(name) else ""
+            lines.append(f"| {i} | `{_cell(name)}`{at} | {k} | {t} | {_pct(k / t if t else None)} |")
         lines.append(f"| | **all** | **{kept_all}** | **{total_all}** | "
                      f"**{_pct(kept_all / total_all if total_all else None)}** |")
 
