@@ -50,7 +50,7 @@ def read_only_dir(tmp_path: Path) -> Path:
 
 # -- 2: tied weights -------------------------------------------------------------------
 def test_analytic_count_counts_a_shared_tensor_once():
-    from attnprune.core.groups import shared_parameters
+    from attnprune.core.tied import shared_parameters
 
     model = TiedNet()
     assert shared_parameters(model) == [["c2.weight", "c3.weight"]]

@@ -45,8 +45,6 @@ __all__ = [
     "pruning_group",
     "remove_channels",
     "sole_norm_after",
-    "shared_parameters",
-    "check_untied",
     "NORM_TYPES",
     "POOL_TYPES",
 ]
@@ -420,35 +418,3 @@ def sole_norm_after(graph: tp.DependencyGraph, module: nn.Module) -> nn.Module |
         if norm_node is not None and [i.module for i in norm_node.inputs] == [module]:
             return outs[0]
     return None
-
-
-def shared_parameters(model: nn.Module) -> list[list[str]]:
-    """Parameters that two or more distinct modules hold (tied weights), by qualified name.
-
-    Returns:
-        One list per shared tensor: its qualified names (``["c2.weight", "c3.weight"]``),
-        in model order; empty when no parameter is tied.
-    """
-    owners: dict[int, list[str]] = {}
-    for mod_name, module in model.named_modules():
-        for p_name, p in module.named_parameters(recurse=False):
-            owners.setdefault(id(p), []).append(f"{mod_name}.{p_name}" if mod_name else p_name)
-    return [names for names in owners.values() if len(names) > 1]
-
-
-def check_untied(model: nn.Module) -> None:
-    """Refuse a model whose modules share a parameter: removing channels would untie it.
-
-    Raises:
-        UnsupportedModelError: naming the modules that share a tensor.
-    """
-    tied = shared_parameters(model)
-    if tied:
-        names = tied[0]
-        modules = [n.rpartition(".")[0] or "(the model)" for n in names]
-        raise UnsupportedModelError(
-            f"modules {' and '.join(repr(m) for m in modules)} share one parameter ({' = '.join(names)}); "
-            "attnprune cannot prune tied weights exactly (removing channels would untie them): give each "
-            "module its own parameter"
-            + (f" ({len(tied) - 1} more tied tensor(s))" if len(tied) > 1 else "")
-        )

@@ -27,9 +27,9 @@ import torch.nn as nn
 from .._batch import to_device as _to, unpack_batch
 from ..core.budget import check_ratio, check_round_to, check_target
 from ..core.frozen import frozen_layers
-from ..core.groups import check_untied
 from ..core.instrument import instrument
-from ..core.limits import GroupLimits, limits_hit, set_group_limits
+from ..core.limits import GroupLimits, set_group_limits
+from ..core.tied import check_untied
 from ..deploy.ort_session import check_provider
 from ..errors import BudgetError
 from ..methods import get_method, make_config
@@ -41,6 +41,7 @@ from .callbacks import resolve_callbacks
 from .checkpoint import Checkpointer
 from .dry_run import DryRunReport, dry_run as plan_run
 from .fingerprint import ignored_names, run_fingerprint
+from .finish import build_result
 from .latency_target import attach_latency_model, measure_latency
 from .result import GroupReport, PruneReport, PruneResult
 from .runner import Runner, evaluate
@@ -362,22 +363,12 @@ def prune(
         raise
     finally:
         set_group_limits(inst.cost, None)
-    result = _result(model, method, budget, inst, removal, runner, record, params_before, macs_before, acc_after)
-    report = result.report
-    report.round_to_source = round_source
-    report.latency = latency
-    report.min_keep, report.max_group_ratio = limits.min_keep, limits.max_group_ratio
-    report.frozen_layers = frozen
-    report.score_separation = separation
-    report.warnings = diagnostics.run_warnings(separation, record.acc_removal, chance, acc_after, record.acc_before)
-    if method_cls.structured:
-        hit = limits_hit(inst.cost, result.masks, limits, budget.round_to)
-        frozen_set = set(frozen)
-        for g, grp, why in zip(report.groups, inst.groups, hit):
-            g.limit = why
-            g.frozen = grp.name in frozen_set
+    result = build_result(model, method, budget, inst, removal, runner, record, acc_after,
+                          sizes=(params_before, macs_before), limits=limits, frozen=frozen,
+                          structured=method_cls.structured, separation=separation, chance=chance,
+                          round_source=round_source, latency=latency)
     if dist_util.is_main():
-        diagnostics.emit(report.warnings)
+        diagnostics.emit(result.report.warnings)
     return result
 
 
@@ -398,30 +389,3 @@ def _finetune_phase(config) -> Phase:
     """The fine-tuning phase from the method's config (``finetune_lr`` defaults to ``lr``)."""
     return Phase(name="finetune", epochs=config.finetune_epochs, lr=config.finetune_lr or config.lr,
                  optimizer=config.optimizer, momentum=config.momentum, weight_decay=config.weight_decay)
-
-
-def _result(model, method, budget, inst, removal, runner, record, params_before, macs_before,
-            acc_after) -> PruneResult:
-    selection, pruned = removal.selection, removal.pruned
-    masks = inst.masks()
-    report = PruneReport(
-        method=method,
-        ratio_requested=budget.ratio,
-        ratio_achieved=selection.ratio,
-        target=budget.target,
-        params_before=params_before,
-        params_after=selection.params,
-        macs_before=macs_before,
-        macs_after=selection.macs,
-        groups=[GroupReport(g.name, int(m.sum()), g.n_channels) for g, m in zip(inst.groups, masks)],
-        history=runner.history,
-        accuracy_before_pruning=record.acc_before,
-        accuracy_at_removal=record.acc_removal,
-        accuracy_after=acc_after,
-        round_to=budget.round_to,
-        seconds=record.seconds(),
-        method_report=removal.method_report,
-    )
-    pruned.train(model.training)
-    return PruneResult(model=pruned, report=report, pruning_history=inst.pruning_history or [], masks=masks)
-
