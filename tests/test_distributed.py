@@ -14,11 +14,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import attnprune
 from attnprune.train.distributed import free_port
+
+from _util import Interrupting
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
@@ -47,15 +48,6 @@ def make_model():
     return resnet20(in_channels=1, num_classes=4)
 
 
-class Interrupting:
-    def __init__(self, at):
-        self.at, self.calls = at, 0
-
-    def __call__(self, out, y):
-        self.calls += 1
-        if self.calls == self.at:
-            raise KeyboardInterrupt
-        return F.cross_entropy(out, y)
 
 
 def _summary(res) -> dict:

@@ -13,7 +13,7 @@ from attnprune.models import resnet20
 from attnprune.train.checkpoint import load_checkpoint
 from attnprune.train.runner import Runner
 
-from _util import ResidualNet, count_hooks, synthetic_loader
+from _util import Interrupting, ResidualNet, count_hooks, synthetic_loader
 
 # 64 samples in batches of 16: 4 steps per epoch; 2 iterative epochs = 8 steps, ramp over the first 4.
 ITER = dict(prune_steps=4, prune_epochs=2, ramp_fraction=0.5, finetune_epochs=1, taylor_batches=2)
@@ -154,24 +154,13 @@ def test_slim_phases_otherwise_unchanged():
         get_method("slim")(sparsity_epochs=-1)
 
 
-class _Interrupting:
-    """Cross-entropy raising KeyboardInterrupt at call ``at``."""
-
-    def __init__(self, at):
-        self.at, self.calls = at, 0
-
-    def __call__(self, out, y):
-        self.calls += 1
-        if self.calls == self.at:
-            raise KeyboardInterrupt
-        return nn.functional.cross_entropy(out, y)
 
 
 def test_resume_mid_phase_equals_uninterrupted(result, tmp_path):
     # loss calls: 1 argument check; epoch 1 of "iterative": 4 steps x (2 Taylor batches + 1 train) = 12;
     # call 15 lies in its second epoch, after every pruning step: resumes from the epoch-1 checkpoint
     with pytest.raises(KeyboardInterrupt):
-        run(loss_fn=_Interrupting(15), checkpoint_dir=tmp_path)
+        run(loss_fn=Interrupting(15), checkpoint_dir=tmp_path)
     saved = load_checkpoint(tmp_path)
     assert (saved["stage"], saved["phase"], saved["epoch"]) == ("train", 0, 1)
     assert saved["method"]["attr.steps_done"] == 4

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
@@ -15,7 +14,7 @@ from attnprune.methods import Budget, available_methods, get_method
 from attnprune.models import resnet20
 from attnprune.train.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
 
-from _util import count_hooks
+from _util import Interrupting, count_hooks
 
 
 def make_loader(kind: str, n: int = 48):
@@ -46,18 +45,6 @@ SCHEDULES = {
 }
 
 
-class Interrupting:
-    """Cross-entropy that raises KeyboardInterrupt at call ``at``."""
-
-    def __init__(self, at: int):
-        self.at = at
-        self.calls = 0
-
-    def __call__(self, out, y):
-        self.calls += 1
-        if self.calls == self.at:
-            raise KeyboardInterrupt
-        return F.cross_entropy(out, y)
 
 
 def run(method, kind, **kw):

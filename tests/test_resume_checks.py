@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
 from attnprune.models import resnet20
 from attnprune.train.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
+
+from _util import Interrupting
 
 SCHEDULE = dict(method="random", warmup_epochs=2, finetune_epochs=1, seed=3, progress=False)
 
@@ -26,15 +27,6 @@ def model(seed=0):
     return resnet20(in_channels=1)
 
 
-class Interrupting:
-    def __init__(self, at):
-        self.at, self.calls = at, 0
-
-    def __call__(self, out, y):
-        self.calls += 1
-        if self.calls == self.at:
-            raise KeyboardInterrupt
-        return F.cross_entropy(out, y)
 
 
 def interrupted(tmp_path, **kw):

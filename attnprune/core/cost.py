@@ -32,7 +32,7 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn as nn
 
-from .._modes import eval_mode
+from .._modes import observe
 from .groups import NORM_TYPES, POOL_TYPES, ChannelGroup
 
 __all__ = ["CostModel", "CountCost", "LayerCost", "TargetCost", "TARGETS", "COUNTED_TARGETS", "check_target"]
@@ -217,13 +217,7 @@ class CostModel:
                 per_sample = ref.numel() // ref.shape[0] // ref.shape[1]
             lc.spatial.append(int(per_sample))
 
-        handles = [m.register_forward_hook(hook) for m in by_module]
-        try:
-            with eval_mode(model), torch.no_grad():
-                model(*args)
-        finally:
-            for h in handles:
-                h.remove()
+        observe(model, args, by_module, hook)
 
     def count_closed(self, closed: list[torch.Tensor]) -> tuple[int, int]:
         """(params, MACs per sample) given one bool "closed" vector per group."""

@@ -17,21 +17,14 @@ import contextlib
 
 import torch.nn as nn
 
+from .._modes import grad_flags
+
 __all__ = ["all_grad", "keep_grad_flags", "frozen_layers"]
 
 
-@contextlib.contextmanager
 def all_grad(model: nn.Module):
     """Every parameter of ``model`` requires grad inside; each flag is restored exactly on exit."""
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        yield
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
+    return grad_flags(model.parameters(), True)
 
 
 @contextlib.contextmanager

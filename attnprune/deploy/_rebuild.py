@@ -18,7 +18,15 @@ import torch.nn as nn
 
 from .._modes import eval_mode
 from ..errors import AttnpruneError
-from ..models import MODELS, build_model, call_factory, is_factory_spec, is_model_name, resolve_factory
+from ..models import (
+    MODELS,
+    build_model,
+    call_factory,
+    first_conv_channels,
+    is_factory_spec,
+    is_model_name,
+    resolve_factory,
+)
 
 __all__ = [
     "ModelFileError",
@@ -146,15 +154,6 @@ def default_shape(base: Any, base_kwargs: dict) -> list[int]:
     return [1, 3, *_TORCHVISION_EXAMPLE_HW]
 
 
-def _first_in_channels(model: nn.Module) -> int | None:
-    for m in model.modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            return int(m.in_channels)
-        if isinstance(m, nn.Linear):
-            return None
-    return None
-
-
 def _eval_output(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
     with eval_mode(model), torch.no_grad():
         return model(*inputs)
@@ -170,7 +169,7 @@ def infer_base_kwargs(model: nn.Module, base: str, inputs: tuple[torch.Tensor, .
     if inputs is not None and inputs[0].dim() >= 2:
         kwargs["in_channels"] = int(inputs[0].shape[1])
     else:
-        cin = _first_in_channels(model)
+        cin = first_conv_channels(model)
         if cin is not None:
             kwargs["in_channels"] = cin
     probe = inputs if inputs is not None else inputs_from_shape(default_shape(base, kwargs))

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._modes import eval_mode
+from .._modes import observe
 from .export import export_onnx, onnx_session
 
 __all__ = [
@@ -150,13 +150,7 @@ def layer_specs(model: nn.Module, args: tuple, modules: list[nn.Module], batch: 
     def hook(module, inputs, output):
         found[id(module)].append(_spec_of(module, inputs[0], output, batch))
 
-    handles = [m.register_forward_hook(hook) for m in modules]
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(*args)
-    finally:
-        for h in handles:
-            h.remove()
+    observe(model, args, modules, hook)
     return [found[id(m)] for m in modules]
 
 

@@ -25,7 +25,6 @@ for every phase (:mod:`attnprune.train.distributed`). A NaN or infinite loss rai
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -36,7 +35,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .._batch import call_model as _call, to_device as _to, unpack_batch
-from .._modes import eval_mode
+from .._modes import eval_mode, grad_flags
 from ..errors import AttnpruneError
 from ..methods.base import Phase, PruningMethod
 from . import distributed as dist_util
@@ -113,19 +112,6 @@ def _counts_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _frozen(params: list[nn.Parameter]):
-    """Temporarily stop gradients to ``params`` (they then cost no backward work)."""
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
 
 
 def _optimizer(kind: str, params, lr: float, momentum: float, weight_decay: float):
@@ -274,7 +260,7 @@ class Runner:
         self._live = live
         net = None
         try:
-            with _frozen(frozen):
+            with grad_flags(frozen, False):  # frozen parameters cost no backward work
                 net = self._network(model, method)
                 for epoch in range(start_epoch, phase.epochs):
                     self._epoch(net, model, phase, method, epoch, kept)
