@@ -6,7 +6,7 @@ dependency graph finds, so that a model with closed gates computes exactly what
 the physically pruned model computes.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .core.budget import BudgetResult, select_channels
 from .core.instrument import Instrumented, instrument
