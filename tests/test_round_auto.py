@@ -156,3 +156,11 @@ def test_cli_round_to_defaults_to_auto_and_takes_an_int():
     assert parser.parse_args(base + ["--round-to", "AUTO", "--target", "latency"]).target == "latency"
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--round-to", "fast"])
+
+
+def test_auto_does_not_fall_back_to_free_counts_for_a_latency_target(flags, monkeypatch):
+    flags(AVX512)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3),
+                        nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    with pytest.raises(attnprune.BudgetError, match="multiples of 16.*smaller latency ratio"):
+        attnprune.prune(net, tiny_data(), 0.5, target="latency", **FAST)

@@ -287,6 +287,10 @@ def prune(
             except BudgetError as exc:
                 if round_source["requested"] != "auto" or budget.round_to is None:
                     raise
+                if budget.target == "latency":  # free counts leave the fast kernels: the latency would not follow
+                    raise BudgetError(f"{exc}; round_to='auto' chose multiples of {multiple}, the channel counts "
+                                      f"this {provider} target runs fast; ask for a smaller latency ratio (free "
+                                      "counts, round_to=1, are slower per MAC on it)") from None
                 # "auto" must not make a small model unprunable: free counts, said out loud
                 checks.check_reachable(inst, dataclasses.replace(budget, round_to=None), limits)
                 warnings.warn(f"round_to='auto' chose multiples of {multiple} for this {provider} target, but "
