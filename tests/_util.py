@@ -224,3 +224,20 @@ class Interrupting:
         if self.calls == self.at:
             raise KeyboardInterrupt
         return torch.nn.functional.cross_entropy(out, y)
+
+
+def image_folder_tree(root, classes: dict, per_class: int, size: tuple[int, int]):
+    """An ImageFolder tree of random RGB PNGs: ``classes`` maps each split to its class names.
+
+    ``size`` is (height, width); the pixels are seeded, so the tree is the same every run.
+    """
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split, names in classes.items():
+        for c in names:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 255, (*size, 3), generator=gen, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+    return root

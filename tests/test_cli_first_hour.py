@@ -18,6 +18,8 @@ from attnprune.methods import available_methods, get_method
 from attnprune.methods.options import option_specs
 from attnprune.models import build_model, resnet20
 
+from _util import image_folder_tree
+
 ROOT = Path(__file__).resolve().parents[1]
 needs_fashion_mnist = pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST is not installed")
 
@@ -217,16 +219,7 @@ def test_no_docstring_cites_shared_files():
 # -- ImageFolder data flags --------------------------------------------------------
 
 def _tree(root: Path, splits=("train",), per_class=5) -> Path:
-    from PIL import Image
-
-    gen = torch.Generator().manual_seed(0)
-    for split in splits:
-        for c in ("cat", "dog"):
-            (root / split / c).mkdir(parents=True)
-            for i in range(per_class):
-                pixels = torch.randint(0, 255, (10, 12, 3), generator=gen, dtype=torch.uint8).numpy()
-                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
-    return root
+    return image_folder_tree(root, {split: ("cat", "dog") for split in splits}, per_class, (10, 12))
 
 
 def _capture_loaders(monkeypatch):

@@ -21,6 +21,8 @@ from attnprune.data import (
     load_fashion_mnist,
 )
 
+from _util import image_folder_tree
+
 needs_debian_copy = pytest.mark.skipif(
     not DEBIAN_DATA_DIR.is_dir(),
     reason=f"{DEBIAN_DATA_DIR} is absent (apt-get install dataset-fashion-mnist)",
@@ -212,16 +214,7 @@ def test_dataset_not_found_is_an_attnprune_error(tmp_path):
 
 
 def _image_tree(root: Path, train=("cat", "dog"), val=("cat", "dog"), per_class=3) -> Path:
-    from PIL import Image
-
-    gen = torch.Generator().manual_seed(0)
-    for split, classes in (("train", train), ("val", val)):
-        for c in classes:
-            (root / split / c).mkdir(parents=True)
-            for i in range(per_class):
-                pixels = torch.randint(0, 255, (20, 24, 3), generator=gen, dtype=torch.uint8).numpy()
-                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
-    return root
+    return image_folder_tree(root, {"train": train, "val": val}, per_class, (20, 24))
 
 
 def test_image_folder_loaders(tmp_path):
