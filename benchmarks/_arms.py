@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -20,7 +21,8 @@ import attnprune
 from attnprune.methods import Budget, Context, get_method, make_config
 from attnprune.train.pipeline import DEFAULT_METHOD
 
-__all__ = ["Arm", "arm", "GRIDS", "BASELINES", "WARMUP_PASSES", "phase_plan", "resolve_arms"]
+__all__ = ["Arm", "arm", "variant_arm", "parse_variant", "GRIDS", "BASELINES", "WARMUP_PASSES", "phase_plan",
+           "resolve_arms"]
 
 BASELINES = ("l1", "taylor", "taylor-iterative", "slim")
 #: Passes of the warm-up start (PAAM's from-scratch use).
@@ -90,6 +92,42 @@ def arm(name: str, passes: int, start: str = "trained") -> Arm:
     raise ValueError(f"unknown arm {name!r}; valid arms: {sorted(ARM_NAMES)} (and 'best-baseline' in presets)")
 
 
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``"NAME:key=value,key=value"`` as ``(NAME, options)``; values read as JSON where they parse.
+
+    Raises:
+        ValueError: No name, a name that is already an arm, or an option without ``=``.
+    """
+    name, _, rest = text.partition(":")
+    if not name or name in ARM_NAMES or name == "best-baseline":
+        raise ValueError(f"a variant needs a new arm name before ':' (not one of {sorted(ARM_NAMES)}), got {text!r}")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"variant {name!r}: options are key=value, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return name, options
+
+
+def variant_arm(name: str, options: dict, passes: int, start: str = "trained") -> Arm:
+    """The default arm with some options changed (tuning on the validation split).
+
+    ``options["method"]``, when given, names another learned method, run with its
+    equal-passes schedule; the other entries override that method's options.
+    """
+    options = dict(options)
+    method = options.pop("method", DEFAULT_METHOD)
+    base = arm("default", passes, start)
+    if method != DEFAULT_METHOD:
+        warm = {} if start == "trained" else {"warmup_epochs": WARMUP_PASSES}
+        base = Arm(name, method, {**_schedule(method, passes), **(warm or {"warmup_epochs": 0})}, base.trained)
+    return Arm(name, method, {**base.options, **options}, base.trained)
+
+
 ARM_NAMES = ("ceiling", "default", "random", *BASELINES, "paam-kq", "sbf", "abp", "aswl-structured")
 
 #: Named presets: each writes its own result file ``results/quality-<grid>.jsonl``.
@@ -155,4 +193,4 @@ def phase_plan(a: Arm, model: torch.nn.Module, example: torch.Tensor, ratio: flo
     cnn_epochs = sum(p["epochs"] for p in plan if p["train_model"])
     return {"passes": sum(p["epochs"] for p in plan), "cnn_epochs": cnn_epochs,
             "cnn_steps": cnn_epochs * steps_per_epoch, "phases": plan,
-            "config": dataclasses.asdict(config), "normalize": cls.normalize}
+            "config": dataclasses.asdict(config), "normalize": method.normalize}

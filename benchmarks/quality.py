@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _arms import ARM_NAMES, GRIDS, arm, resolve_arms  # noqa: E402
+from _arms import ARM_NAMES, GRIDS, arm, parse_variant, resolve_arms, variant_arm  # noqa: E402
 from _dense import CACHE, Setup  # noqa: E402
 from _jobs import arm_job, dense_job, init_worker  # noqa: E402
 from _records import DirtyTreeError, append_record, done_keys, read_records, row_key, run_header  # noqa: E402
@@ -57,6 +57,9 @@ def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", choices=sorted(GRIDS), default="gating", help="named preset (default: gating)")
     ap.add_argument("--arms", nargs="+", default=None, help=f"override the preset's arms: {', '.join(ARM_NAMES)}")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                    help="an extra arm: the default arm with options changed (method=NAME picks another "
+                         "learned method); repeatable. For tuning on --eval val")
     ap.add_argument("--ratios", nargs="+", type=float, default=None)
     ap.add_argument("--seeds", nargs="+", type=int, default=None)
     ap.add_argument("--target", choices=("params", "macs"), default=None)
@@ -93,6 +96,7 @@ def settings_from(args) -> dict:
     for name in ("arms", "ratios", "seeds", "target"):
         if getattr(args, name) is not None:
             s[name] = getattr(args, name)
+    s["variants"] = list(args.variant)
     return s
 
 
@@ -147,6 +151,7 @@ def main(argv=None) -> int:
     try:  # unknown arms, or a best baseline not yet measured, fail before any training
         arms = resolve_arms(s["arms"], gating + [r for r in records if r.get("type") == "row"])
         specs = [arm(name, s["passes"], s["start"]) for name in arms]
+        specs += [variant_arm(*parse_variant(v), s["passes"], s["start"]) for v in s["variants"]]
     except ValueError as exc:
         print(f"quality.py: {exc}", file=sys.stderr)
         return 2

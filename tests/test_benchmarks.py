@@ -178,3 +178,17 @@ def test_paired_tables_refuse_mixed_commits_and_checkpoints():
     l1_2["checkpoint"] = "ck-other"
     with pytest.raises(tables.PairingError, match="different checkpoints"):
         tables.render_file("synthetic", recs)
+
+
+def test_variant_arms_change_only_the_named_options():
+    arms = _load("_arms")
+    name, opts = arms.parse_variant("paam-mean:score_norm=mean,travel=3,lam=null")
+    assert (name, opts) == ("paam-mean", {"score_norm": "mean", "travel": 3, "lam": None})
+    base = arms.arm("default", 4)
+    v = arms.variant_arm(name, opts, 4)
+    assert v.method == base.method and v.options == {**base.options, **opts}
+    other = arms.variant_arm("abp-x", {"method": "abp", "pull": 0.0}, 4)
+    assert other.method == "abp" and other.options["pull"] == 0.0 and other.options["joint_epochs"] == 3
+    for bad in ("l1:foo=1", ":a=1", "x:novalue"):
+        with pytest.raises(ValueError):
+            arms.parse_variant(bad)

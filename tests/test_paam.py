@@ -10,6 +10,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
+from attnprune.core.budget import select_channels
 from attnprune.core.filters import filter_rows
 from attnprune.methods import Budget, Context, get_method
 from attnprune.methods.paam import AttentionNet, leaky_exp
@@ -242,3 +243,58 @@ def test_cost_weighting_of_the_l1_term(weighting):
     inst.remove()
     with pytest.raises(ValueError, match="'cost_weight' of PAAMConfig must be one of"):
         get_method("paam")(cost_weight="flops")
+
+
+def test_score_norm_option_sets_the_selection_normalisation():
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1)
+    inst = attnprune.instrument(model, torch.randn(1, 1, 16, 16))
+    picked = {}
+    for how in ("none", "mean", "max"):
+        method = get_method("paam")(score_norm=how)
+        method.attach(inst, Budget(0.5))
+        g = torch.Generator().manual_seed(0)  # scores far from one shared scale: group i's scores times (i + 1)
+        scores = [torch.rand(grp.n_channels, generator=g) * (gi + 1) for gi, grp in enumerate(inst.groups)]
+        method.scores = lambda scores=scores: scores
+        expected = select_channels(inst.cost, scores, 0.5, "params", normalize=None if how == "none" else how)
+        picked[how] = method.select().masks
+        assert all(torch.equal(a, b) for a, b in zip(picked[how], expected.masks))
+        method.detach()
+    assert not all(torch.equal(a, b) for a, b in zip(picked["none"], picked["mean"]))
+    inst.remove()
+
+
+def test_area_weighting_pulls_large_feature_maps_harder():
+    model = resnet20(in_channels=1)
+    inst = attnprune.instrument(model, torch.randn(1, 1, 28, 28))
+    method = get_method("paam")(cost_weight="area")
+    method.attach(inst, Budget(0.5))
+    by_group = {g.name: float(w.mean()) for g, w in zip(inst.groups, method.weights)}
+    stage = {k: next(v for n, v in by_group.items() if n.startswith(k)) for k in ("layer1", "layer2", "layer3")}
+    # 28x28, 14x14 and 7x7 maps: each stage's weight is 4x the next one's (the paper's 16 : 4 : 1)
+    assert stage["layer1"] / stage["layer2"] == pytest.approx(4.0, rel=0.05)
+    assert stage["layer2"] / stage["layer3"] == pytest.approx(4.0, rel=0.05)
+    method.detach()
+    inst.remove()
+
+
+def test_sbf_and_paam_share_lambda_through_the_first_an_phase():
+    """Same options, same model and data: the AN phases are the same code, so lambda agrees step by step."""
+    hist = {}
+    for name, opts in (("paam", {"variant": "vanilla"}), ("sbf", {})):
+        data = _data()  # a fresh loader each: a shared one's shuffling generator would differ in the second run
+        torch.manual_seed(0)
+        model = resnet20(in_channels=1)
+        inst = attnprune.instrument(model, torch.randn(1, 1, 16, 16))
+        method = get_method(name)(**opts)
+        runner = Runner(loader=data, loss_fn=nn.functional.cross_entropy, progress=False)
+        ctx = Context(batches=lambda data=data: iter(data), loss_fn=nn.functional.cross_entropy,
+                      steps_per_epoch=runner.steps_in_epoch())
+        method.attach(inst, Budget(0.5), ctx)
+        an = next(p for p in method.phases() if p.name == "an")
+        torch.manual_seed(1)
+        runner.run(model, an, method)
+        hist[name] = list(method.lam_history)
+        method.detach()
+        inst.remove()
+    assert len(hist["paam"]) == 4 and hist["paam"] == hist["sbf"]

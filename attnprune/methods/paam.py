@@ -62,7 +62,8 @@ __all__ = ["PAAMConfig", "PAAMMethod", "leaky_exp", "AttentionNet", "an_input"]
 
 VARIANTS = ("auto", "vanilla", "kq")
 MASK_UPDATES = ("phase", "step")
-COST_WEIGHTS = ("target", "sqrt", "uniform")
+COST_WEIGHTS = ("target", "sqrt", "uniform", "area")
+NORMALIZERS = ("none", "mean", "max")
 
 
 def leaky_exp(x: torch.Tensor, slope: float = 0.1) -> torch.Tensor:
@@ -159,7 +160,13 @@ class PAAMConfig(TrainConfig):
             every ``"step"`` (the filters, hence the scores, change as the CNN trains).
         cost_weight: Weight of each channel in the L1 term: its cost in ``target``
             (``"target"``, the generalised FLOPs balancing), the square root of that
-            cost (``"sqrt"``), or 1 (``"uniform"``, the paper's plain L1).
+            cost (``"sqrt"``), 1 (``"uniform"``, plain L1), or the area of the
+            feature maps its weights run over (``"area"``, the paper's section 3.1
+            weighting by feature-map size: MACs saved per parameter saved).
+        score_norm: How the final selection makes the groups' scores comparable:
+            ``"none"`` (one global threshold on the raw scores), ``"mean"`` or
+            ``"max"`` (each group's scores divided by their mean or max first; see
+            :func:`attnprune.core.budget.normalize_scores`).
     """
 
     variant: str = option("auto", choices=VARIANTS)
@@ -175,6 +182,7 @@ class PAAMConfig(TrainConfig):
     travel: float = option(6.0, low=0, low_open=True)
     mask_update: str = option("phase", choices=MASK_UPDATES)
     cost_weight: str = option("target", choices=COST_WEIGHTS)
+    score_norm: str = option("none", choices=NORMALIZERS)
 
 
 @register_method("paam")
@@ -186,7 +194,6 @@ class PAAMMethod(PruningMethod):
         'Z. Babaiee, L. Liebenwein, R. Hasani, D. Rus, R. Grosu, '
         '"Pruning by Active Attention Manipulation", preprint, 2022'
     )
-    normalize = None  # every group's scores live on one scale, trained by one cost-weighted L1
     #: The controller's step: lam is multiplied or divided by (1 + gain) each AN step.
     gain = 0.05
     #: The level that separates open from closed analog scores for the controller.
@@ -211,7 +218,10 @@ class PAAMMethod(PruningMethod):
         self.an = nn.ModuleList(nets)
         # the target's own cost object: counted params/MACs, or the latency model's seconds per channel
         costs = inst.cost.target_cost(self.budget.target).channel_costs()
-        if c.cost_weight == "sqrt":
+        if c.cost_weight == "area":
+            costs = [m / p.clamp_min(1) for m, p in zip(inst.cost.channel_costs("macs"),
+                                                           inst.cost.channel_costs("params"))]
+        elif c.cost_weight == "sqrt":
             costs = [w.sqrt() for w in costs]
         elif c.cost_weight == "uniform":
             costs = [torch.ones_like(w) for w in costs]
@@ -220,6 +230,12 @@ class PAAMMethod(PruningMethod):
         self.lam = c.lam
         self.lam_history: list[float] = []
         self._live: list[torch.Tensor] = []
+
+    @property
+    def normalize(self) -> str | None:  # type: ignore[override]
+        """The selection's score normalisation (``PAAMConfig.score_norm``; None for ``"none"``)."""
+        how = self.config.score_norm
+        return None if how == "none" else how
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.an.parameters())
@@ -324,7 +340,7 @@ class PAAMMethod(PruningMethod):
     def report(self) -> dict:
         scores = self.scores()
         sel = select_channels(self.inst.cost, scores, self.budget.ratio, self.budget.target,
-                              round_to=self.budget.round_to, normalize=None)
+                              round_to=self.budget.round_to, normalize=self.normalize)
         allv = torch.cat(scores)
         near = float(((allv - sel.threshold).abs() < 0.1).float().mean()) if math.isfinite(sel.threshold) else 0.0
         return {

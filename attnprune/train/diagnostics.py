@@ -42,7 +42,7 @@ def score_separation(method, scores, masks) -> float | None:
     """:func:`~attnprune.core.separation.separation_index` of ``scores`` under the method's normalisation."""
     if scores is None or masks is None:
         return None
-    return separation_index(scores, masks, type(method).normalize)
+    return separation_index(scores, masks, method.normalize)
 
 
 @torch.no_grad()
