@@ -298,3 +298,27 @@ def test_sbf_and_paam_share_lambda_through_the_first_an_phase():
         method.detach()
         inst.remove()
     assert len(hist["paam"]) == 4 and hist["paam"] == hist["sbf"]
+
+
+@pytest.mark.parametrize("control", ["step", "pi"])
+def test_lambda_controller_holds_for_the_end_of_the_phase(control):
+    data = _data()
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1)
+    inst = attnprune.instrument(model, torch.randn(1, 1, 16, 16))
+    method = get_method("paam")(lam_control=control, lam_hold=0.5, an_epochs=2)
+    runner = Runner(loader=data, loss_fn=nn.functional.cross_entropy, progress=False)
+    method.attach(inst, Budget(0.5), Context(batches=lambda: iter(data), loss_fn=nn.functional.cross_entropy,
+                                             steps_per_epoch=runner.steps_in_epoch()))
+    runner.run(model, next(p for p in method.phases() if p.name == "an"), method)
+    hist = method.lam_history
+    assert len(hist) == 8
+    assert len(set(hist[3:])) == 1, "lam is held over the last half of the phase (steps 4..7)"
+    assert len(set(hist[:4])) == 4, "and steered before it"
+    steps = [b / a for a, b in zip(hist, hist[1:4])]
+    if control == "pi":
+        assert all(1 / 1.1 - 1e-9 <= s <= 1.1 + 1e-9 for s in steps)
+    else:
+        assert all(s == pytest.approx(1.05) or s == pytest.approx(1 / 1.05) for s in steps)
+    method.detach()
+    inst.remove()

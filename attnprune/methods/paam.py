@@ -64,6 +64,7 @@ VARIANTS = ("auto", "vanilla", "kq")
 MASK_UPDATES = ("phase", "step")
 COST_WEIGHTS = ("target", "sqrt", "uniform", "area")
 NORMALIZERS = ("none", "mean", "max")
+LAM_CONTROLS = ("step", "pi")
 
 
 def leaky_exp(x: torch.Tensor, slope: float = 0.1) -> torch.Tensor:
@@ -163,6 +164,12 @@ class PAAMConfig(TrainConfig):
             cost (``"sqrt"``), 1 (``"uniform"``, plain L1), or the area of the
             feature maps its weights run over (``"area"``, the paper's section 3.1
             weighting by feature-map size: MACs saved per parameter saved).
+        lam_control: How the automatic ``lam`` is steered in AN phases: ``"step"``
+            (multiply or divide by ``1 + gain`` each step, by the sign of the budget
+            error) or ``"pi"`` (proportional-integral on ``log lam``, from the size
+            of the error, at most 10% per step), which settles where the budget is met.
+        lam_hold: Fraction of each AN phase, at its end, during which ``lam`` is
+            held (the scores then separate under a fixed penalty).
         score_norm: How the final selection makes the groups' scores comparable:
             ``"none"`` (one global threshold on the raw scores), ``"mean"`` or
             ``"max"`` (each group's scores divided by their mean or max first; see
@@ -182,6 +189,8 @@ class PAAMConfig(TrainConfig):
     travel: float = option(6.0, low=0, low_open=True)
     mask_update: str = option("phase", choices=MASK_UPDATES)
     cost_weight: str = option("target", choices=COST_WEIGHTS)
+    lam_control: str = option("step", choices=LAM_CONTROLS)
+    lam_hold: float = option(0.0, low=0, high=1, high_open=True)
     score_norm: str = option("none", choices=NORMALIZERS)
 
 
@@ -196,9 +205,11 @@ class PAAMMethod(PruningMethod):
     )
     #: The controller's step: lam is multiplied or divided by (1 + gain) each AN step.
     gain = 0.05
+    #: Proportional and integral gains of ``lam_control="pi"`` (log-lam per unit of budget error).
+    pi_gains = (2.0, 0.25)
     #: The level that separates open from closed analog scores for the controller.
     level = 0.5
-    state_attributes = ("lam", "lam_history")
+    state_attributes = ("lam", "lam_history", "lam_error")
 
     def setup(self) -> None:
         c = self.config
@@ -229,6 +240,7 @@ class PAAMMethod(PruningMethod):
         self.weights = [(w / mean).to(device) for w in costs]
         self.lam = c.lam
         self.lam_history: list[float] = []
+        self.lam_error = 0.0  # the budget error of the last controller step (for "pi")
         self._live: list[torch.Tensor] = []
 
     @property
@@ -294,9 +306,21 @@ class PAAMMethod(PruningMethod):
     def after_step(self, phase: Phase, step: int) -> None:
         if phase.gates != "analog" or self.config.lam is not None:
             return
+        c = self.config
+        total = (self.context.steps_per_epoch or 0) * phase.epochs
+        if c.lam_hold and total and step >= (1 - c.lam_hold) * total:
+            self.lam_history.append(self.lam)  # held for the end of the phase
+            return
         # steer lam so that the channels scoring >= level meet the budget
         reached = self.open_ratio([s.detach().cpu() for s in self._live])
-        self.lam *= (1 + self.gain) if reached < self.budget.ratio else 1 / (1 + self.gain)
+        if c.lam_control == "step":
+            self.lam *= (1 + self.gain) if reached < self.budget.ratio else 1 / (1 + self.gain)
+        else:
+            error = self.budget.ratio - reached  # > 0: too little pruned, raise lam
+            kp, ki = self.pi_gains
+            change = kp * (error - self.lam_error) + ki * error
+            self.lam *= math.exp(max(min(change, math.log(1.1)), -math.log(1.1)))
+            self.lam_error = error
         self.lam_history.append(self.lam)
 
     def open_ratio(self, scores: list[torch.Tensor]) -> float:
