@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
 from dataclasses import dataclass, field
 
@@ -166,6 +167,15 @@ def resolve_arms(names: list[str], gating_rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(best if n == "best-baseline" else n for n in names))
 
 
+#: Arm options that are ``attnprune.prune`` arguments (e.g. ``max_group_ratio``), not method options.
+PRUNE_ARGUMENTS = frozenset(inspect.signature(attnprune.prune).parameters) - {"options"}
+
+
+def method_options(options: dict) -> dict:
+    """The entries of an arm's options that configure its method (not ``prune()`` arguments)."""
+    return {k: v for k, v in options.items() if k not in PRUNE_ARGUMENTS}
+
+
 def phase_plan(a: Arm, model: torch.nn.Module, example: torch.Tensor, ratio: float, target: str,
                steps_per_epoch: int) -> dict:
     """Passes and the optimizer steps that change CNN weights, from the method's own phases.
@@ -179,7 +189,7 @@ def phase_plan(a: Arm, model: torch.nn.Module, example: torch.Tensor, ratio: flo
         return {"passes": epochs, "cnn_epochs": epochs, "cnn_steps": epochs * steps_per_epoch, "phases": [
             {"name": "ceiling", "epochs": epochs, "train_model": True}]}
     cls = get_method(a.method)
-    config = make_config(cls, a.options)
+    config = make_config(cls, method_options(a.options))
     inst = attnprune.instrument(copy.deepcopy(model), example)
     method = cls(config)
     try:

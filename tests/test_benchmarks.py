@@ -21,6 +21,12 @@ def _load(name):
     return mod
 
 
+def _bench_module(name):
+    """A benchmarks/ helper module imported under its own name (as the scripts import it)."""
+    sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
@@ -181,7 +187,7 @@ def test_paired_tables_refuse_mixed_commits_and_checkpoints():
 
 
 def test_variant_arms_change_only_the_named_options():
-    arms = _load("_arms")
+    arms = _bench_module("_arms")
     name, opts = arms.parse_variant("paam-mean:score_norm=mean,travel=3,lam=null")
     assert (name, opts) == ("paam-mean", {"score_norm": "mean", "travel": 3, "lam": None})
     base = arms.arm("default", 4)
@@ -192,3 +198,9 @@ def test_variant_arms_change_only_the_named_options():
     for bad in ("l1:foo=1", ":a=1", "x:novalue"):
         with pytest.raises(ValueError):
             arms.parse_variant(bad)
+
+
+def test_arm_options_split_prune_arguments_from_method_options():
+    arms = _bench_module("_arms")
+    opts = {"max_group_ratio": 0.8, "score_norm": "mean", "cycles": 1}
+    assert arms.method_options(opts) == {"score_norm": "mean", "cycles": 1}
