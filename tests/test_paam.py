@@ -129,6 +129,8 @@ def test_paam_meets_the_budget(variant):
     assert [h.phase for h in res.report.history] == ["warmup", "an", "cnn", "finetune"]
     rep = res.report.method_report
     assert rep["lam"] > 0 and set(rep["variants"].values()) == {variant}
+    scores = torch.tensor([v for s in rep["scores"] for v in s])
+    assert rep["fraction_mid"] == pytest.approx(float(((scores > 0.1) & (scores < 0.9)).float().mean()))
 
 
 def test_explicit_lam_is_honoured():

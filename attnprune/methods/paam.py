@@ -372,6 +372,8 @@ class PAAMMethod(PruningMethod):
             "lam": self.lam,
             "threshold": sel.threshold,
             "fraction_near_threshold": near,
+            # unsettled scores: neither clearly closed nor clearly open (the methods issue's measure)
+            "fraction_mid": float(((allv > 0.1) & (allv < 0.9)).float().mean()),
             "scores": [s.tolist() for s in scores],
         }
 
