@@ -12,9 +12,10 @@ from .core.budget import BudgetResult, select_channels
 from .core.instrument import Instrumented, instrument
 from .deploy.bench import benchmark
 from .deploy.export import export_onnx
-from .errors import AttnpruneError, BudgetError, EquivalenceError, UnsupportedModelError
+from .errors import AttnpruneError, BudgetError, DistillationError, EquivalenceError, UnsupportedModelError
 from .methods import Budget, Context, PruningMethod, available_methods, get_method, register_method
 from .methods.importance import LearnedImportance
+from .train.distill import Distillation
 from .train.pipeline import DEFAULT_METHOD, PruneReport, PruneResult, prune
 from .train.runner import Runner, TrainingDivergedError, evaluate
 
@@ -24,6 +25,7 @@ __all__ = [
     "PruneResult",
     "PruneReport",
     "DEFAULT_METHOD",
+    "Distillation",
     "instrument",
     "Instrumented",
     "LearnedImportance",
@@ -41,6 +43,7 @@ __all__ = [
     "BudgetError",
     "EquivalenceError",
     "UnsupportedModelError",
+    "DistillationError",
     "TrainingDivergedError",
     "export_onnx",
     "benchmark",

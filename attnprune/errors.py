@@ -5,7 +5,8 @@ built-in exception a Python user would expect (``ValueError`` for bad arguments)
 so ``except ValueError`` keeps working.
 """
 
-__all__ = ["AttnpruneError", "UnsupportedModelError", "EquivalenceError", "BudgetError", "DatasetNotFoundError"]
+__all__ = ["AttnpruneError", "UnsupportedModelError", "EquivalenceError", "BudgetError", "DatasetNotFoundError",
+           "DistillationError"]
 
 
 class AttnpruneError(Exception):
@@ -26,3 +27,7 @@ class BudgetError(AttnpruneError, ValueError):
 
 class DatasetNotFoundError(AttnpruneError, FileNotFoundError):
     """A data set (the Fashion-MNIST IDX files, an ImageFolder root) cannot be found."""
+
+
+class DistillationError(AttnpruneError, ValueError):
+    """A bad distillation setting, or a model whose outputs cannot be distilled (see ``prune(distill=...)``)."""

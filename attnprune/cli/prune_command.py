@@ -16,7 +16,7 @@ from .method_flags import DEST_PREFIX, method_options
 from .weights import load_weights
 
 __all__ = ["run_prune", "MappedLoader", "input_transform", "load_weights", "loaders", "written_files",
-           "image_normalization"]
+           "image_normalization", "distillation"]
 
 
 class MappedLoader:
@@ -152,6 +152,27 @@ def _say_resume(args: argparse.Namespace) -> None:
         info(args, f"--resume: no checkpoint at {path} yet; starting from the beginning")
 
 
+def distillation(args: argparse.Namespace):
+    """``--distill`` with its temperature and weight as :class:`attnprune.Distillation`, or None."""
+    from ..errors import DistillationError
+    from ..train.distill import Distillation
+
+    given = {k: v for k, v in (("temperature", args.distill_temperature), ("weight", args.distill_weight))
+             if v is not None}
+    if not args.distill:
+        if given:
+            flags = " and ".join(f"--distill-{k}" for k in given)
+            raise CLIError(f"{flags} given without --distill; add --distill (or leave {flags} out)")
+        return None
+    try:
+        return Distillation(**given)
+    except DistillationError as exc:
+        text = str(exc)
+        for k in given:
+            text = text.replace(f"distill {k}", f"--distill-{k}")
+        raise CLIError(text) from None
+
+
 def written_files(folder: Path) -> list[str]:
     """The files under ``folder``, relative and sorted (the final ``wrote`` line)."""
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
@@ -193,6 +214,7 @@ def run_prune(args: argparse.Namespace) -> int:
         make_config(get_method(args.method), options)
     except (TypeError, ValueError) as exc:
         raise CLIError(f"--option: {exc}") from None
+    distill = distillation(args)
     model_kind(args.model)  # fail early on a bad --model
     device = parse_device(args.device)
 
@@ -217,7 +239,7 @@ def run_prune(args: argparse.Namespace) -> int:
         model, train, ratio=args.ratio, method=args.method, target=args.target,
         example_inputs=example, eval_loader=test, device=device, round_to=args.round_to,
         provider=args.provider, latency_batch=args.latency_batch, latency_threads=args.latency_threads,
-        trained=args.trained, seed=args.seed, progress=not args.quiet,
+        trained=args.trained, seed=args.seed, progress=not args.quiet, distill=distill,
         checkpoint_dir=None if args.dry_run else args.checkpoint_dir, resume=args.resume and not args.dry_run,
         dry_run=args.dry_run, **options,
     )

@@ -145,6 +145,12 @@ def render_markdown(report: Any, *, bench: Any = None, images: Mapping[str, str]
     ]
     if rep.get("round_to"):
         lines.append(f"| Channels rounded to multiples of | {rep['round_to']} |")
+    distill = rep.get("distill")
+    if isinstance(distill, Mapping):
+        phases = ", ".join(str(p) for p in distill.get("phases") or []) or "none"
+        lines.append(f"| Distillation (teacher {_cell(distill.get('teacher'))}) | temperature "
+                     f"{_scalar(distill.get('temperature'))}, weight {_scalar(distill.get('weight'))}; "
+                     f"phases {_cell(phases)} |")
     if isinstance(rep.get("seconds"), (int, float)):
         lines.append(f"| Wall time | {rep['seconds']:.1f} s |")
     lines += [

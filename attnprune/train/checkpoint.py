@@ -16,6 +16,8 @@ A checkpoint holds:
   and the optimiser and learning-rate scheduler states of the current phase (a
   fresh optimiser is built for every phase, so only the current one matters);
 * the report so far (history, accuracies);
+* with ``prune(distill=...)``: the teacher's state under ``teacher`` (None before
+  it is taken; :mod:`attnprune.train.distill`), never in ``model``;
 * per rank: the random states of torch (CPU and every CUDA device), Python's
   ``random`` and NumPy, and of the torch generators the training loader exposes
   (``loader.generator``, ``loader.sampler.generator``,

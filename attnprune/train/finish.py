@@ -24,7 +24,8 @@ __all__ = ["build_result"]
 def build_result(model: nn.Module, method: str, budget: Budget, inst: Instrumented, removal: ChannelRemoval,
                  runner: Runner, record: RunRecord, acc_after: float | None, *, sizes: tuple[int, int],
                  limits: GroupLimits, frozen: list[str], structured: bool, separation: float | None,
-                 chance: float | None, round_source: dict, latency: dict | None) -> PruneResult:
+                 chance: float | None, round_source: dict, latency: dict | None,
+                 distill: dict | None = None) -> PruneResult:
     """The :class:`PruneResult` of a run that removed its channels and fine-tuned.
 
     Args:
@@ -44,6 +45,7 @@ def build_result(model: nn.Module, method: str, budget: Budget, inst: Instrument
         chance: Chance accuracy of the model's output, when measured.
         round_source: How ``round_to`` was chosen.
         latency: Predicted and measured latency (``target="latency"``), else None.
+        distill: The distillation setting and the phases it applied to, else None.
     """
     selection, pruned, masks = removal.selection, removal.pruned, inst.masks()
     frozen_set = set(frozen)
@@ -74,6 +76,7 @@ def build_result(model: nn.Module, method: str, budget: Budget, inst: Instrument
         warnings=diagnostics.run_warnings(separation, record.acc_removal, chance, acc_after, record.acc_before),
         round_to_source=round_source,
         latency=latency,
+        distill=distill,
     )
     pruned.train(model.training)
     return PruneResult(model=pruned, report=report, pruning_history=inst.pruning_history or [], masks=masks)

@@ -39,6 +39,7 @@ from .amp import check_amp
 from .batches import check_batch_fn, map_loader, resolve_batch_fn
 from .callbacks import resolve_callbacks
 from .checkpoint import Checkpointer
+from .distill import Distillation, Distiller, check_distillable, resolve_distill
 from .dry_run import DryRunReport, dry_run as plan_run
 from .fingerprint import ignored_names, run_fingerprint
 from .finish import build_result
@@ -85,6 +86,7 @@ def prune(
     callbacks: Iterable[Callable] | None = None,
     on_epoch_end: Callable | None = None,
     amp: str | None = None,
+    distill: bool | Distillation | None = None,
     dry_run: bool = False,
     **options: Any,
 ) -> PruneResult | DryRunReport:
@@ -190,6 +192,17 @@ def prune(
             ``"bfloat16"`` (CPU or CUDA; emulated, so slower, on CPUs without
             AVX-512 BF16) or ``"float16"`` (CUDA, with a GradScaler). Evaluation and
             the pruned-equals-gated check run in float32. See :mod:`attnprune.train.amp`.
+        distill: Knowledge distillation (Hinton et al., 2015) from the network as
+            it is when the first method phase starts (after the warm-up), frozen:
+            None or False (default) off; True: ``Distillation()`` (temperature 4,
+            weight 0.5); or ``attnprune.Distillation(temperature=T, weight=w)``.
+            The phases that train the CNN (not the warm-up, not attention-only
+            phases) and fine-tuning then minimise ``(1-w)·loss_fn + w·T²·KL``
+            of the softened logits (the history's ``loss`` is that objective);
+            the model must return a logits tensor ``(N, classes, ...)``. The
+            teacher is never part of the pruned model and is dropped when the
+            run ends; ``report.distill`` records the setting. See
+            :mod:`attnprune.train.distill`.
         dry_run: Check, instrument, time a few steps on the copy, print the
             phases, passes and an estimated time, and return a
             :class:`~attnprune.train.dry_run.DryRunReport` without training.
@@ -240,6 +253,7 @@ def prune(
     checks.check_seed(seed)
     checks.check_resume(resume, checkpoint_dir)
     eval_metric = check_metric(eval_metric)
+    distill = resolve_distill(distill)
     if not isinstance(dry_run, bool):
         raise TypeError(f"dry_run must be True or False, got {dry_run!r}")
     user_callbacks = resolve_callbacks(callbacks, on_epoch_end)
@@ -266,6 +280,8 @@ def prune(
 
     work = copy.deepcopy(model).to(device)
     checks.check_feeds(work, example_inputs, explicit, first_x, first_y, loss_fn, device)
+    if distill is not None:
+        check_distillable(work, example_inputs)
     if eval_loader is not None:
         data_checks.check_eval_loader(eval_loader, work, device, eval_metric)
     frozen = frozen_layers(work)
@@ -273,7 +289,7 @@ def prune(
     inst = instrument(work, example_inputs, ignored_layers=ignored)
     set_group_limits(inst.cost, limits)
     algo: PruningMethod = method_cls(config)
-    latency_model = None
+    latency_model = distiller = None
     try:
         if dry is not None:  # a dry finalize: an inexact model fails now, not after training
             exactness.check_exact(dry, example_inputs, ignored)
@@ -318,13 +334,17 @@ def prune(
                 fingerprint["limits"] = dataclasses.asdict(limits)
             if budget.target == "latency":
                 fingerprint["latency"] = {"batch": lat_batch, "threads": lat_threads, "provider": provider}
+            if distill is not None:
+                fingerprint["distill"] = dataclasses.asdict(distill)
             checkpointer = Checkpointer(checkpoint_dir, fingerprint, loader, distributed=use_dist)
 
         scorer = None if eval_loader is None else functools.partial(
             _evaluate_on, eval_loader=eval_loader, device=device, distributed=use_dist, metric=eval_metric)
         record = RunRecord(runner, started=started)
-        ckpts = Checkpoints(checkpointer, record)
         phases = algo.phases(trained=trained)
+        if distill is not None and not dry_run:
+            distiller = Distiller(distill, model, device, phases)
+        ckpts = Checkpoints(checkpointer, record, distiller)
         runner.phase_total = len(phases) + (1 if config.finetune_epochs > 0 else 0)
         if dry_run:
             plan = plan_run(work, inst, algo, method, phases, _finetune_phase(config), runner, frozen)
@@ -332,15 +352,17 @@ def prune(
             algo.detach()
             inst.remove()
             return plan
-        training = MethodPhases(work, inst, algo, phases, runner, record, ckpts, scorer)
+        training = MethodPhases(work, inst, algo, phases, runner, record, ckpts, scorer, distiller)
         removal = ChannelRemoval(work, inst, algo, use_dist)
-        finetune = FineTune(_finetune_phase(config), len(phases), runner, removal, ckpts)
+        finetune = FineTune(_finetune_phase(config), len(phases), runner, removal, ckpts, distiller)
         learned = None
 
         # the stages: method phases -> channel removal -> fine-tuning, each resumable
         saved = ckpts.load() if resume else None
         if saved is not None:
             record.load_state_dict(saved)
+            if distiller is not None:
+                distiller.load_state_dict(saved)
         if saved is None or saved["stage"] == "train":
             if saved is not None:
                 training.load_state_dict(saved)
@@ -367,10 +389,13 @@ def prune(
         raise
     finally:
         set_group_limits(inst.cost, None)
+        if distiller is not None:
+            distiller.release()  # the teacher goes with the run
     result = build_result(model, method, budget, inst, removal, runner, record, acc_after,
                           sizes=(params_before, macs_before), limits=limits, frozen=frozen,
                           structured=method_cls.structured, separation=separation, chance=chance,
-                          round_source=round_source, latency=latency)
+                          round_source=round_source, latency=latency,
+                          distill=None if distiller is None else distiller.report(phases, finetune.phase))
     if dist_util.is_main():
         diagnostics.emit(result.report.warnings)
     return result

@@ -57,6 +57,11 @@ class PruneReport:
     scores (:mod:`attnprune.core.separation`; None for other methods);
     ``warnings`` what looked wrong and what to change
     (:mod:`attnprune.train.diagnostics`), also issued as Python warnings.
+
+    ``distill`` (``prune(distill=...)`` only; None when off) records the
+    distillation: ``temperature``, ``weight``, ``teacher`` (``"after warm-up"`` or
+    ``"the model as given"``) and ``phases``, the names of the phases it applied to
+    (:mod:`attnprune.train.distill`).
     """
 
     method: str
@@ -82,6 +87,7 @@ class PruneReport:
     warnings: list[str] = field(default_factory=list)
     round_to_source: dict = field(default_factory=dict)
     latency: dict | None = None
+    distill: dict | None = None
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict."""
@@ -122,6 +128,11 @@ class PruneReport:
                 f"({100 * lat['predicted_removed']:.1f}% removed), measured {lat['measured_dense_ms']:.2f} -> "
                 f"{lat['measured_pruned_ms']:.2f} ms ({100 * lat['measured_removed']:.1f}% removed)"
             )
+        if self.distill is not None:
+            d = self.distill
+            lines.append(f"distilled (temperature {d['temperature']:g}, weight {d['weight']:g}) from the model "
+                         f"{'after warm-up' if d['teacher'] == 'after warm-up' else 'as given'} in: "
+                         + (", ".join(d["phases"]) or "no phase"))
         lines.append(f"time {self.seconds:.1f}s")
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)

@@ -12,6 +12,11 @@ checkpoint it adds (``state_dict()``) and has one resume entry point
 3. :class:`FineTune`: plain training of the pruned model (``stage="finetune"``,
    ``phase``, ``epoch``, ``model``, ``optim``).
 
+With distillation (:mod:`attnprune.train.distill`) a
+:class:`~attnprune.train.distill.Distiller` takes the teacher when the first
+method phase starts, trains the phases that train the CNN and the fine-tuning
+with the distilled loss, and adds ``teacher`` to every checkpoint.
+
 :class:`RunRecord` holds what every checkpoint carries (the report so far), and
 :class:`Checkpoints` assembles a checkpoint from it and the stages' states (a
 no-op without ``checkpoint_dir``). The layout is format 2 of
@@ -20,6 +25,7 @@ no-op without ``checkpoint_dir``). The layout is format 2 of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -33,6 +39,7 @@ from ..core.instrument import Instrumented
 from ..methods.base import Phase, PruningMethod
 from . import distributed as dist_util
 from .checkpoint import Checkpointer, plain
+from .distill import Distiller
 from .runner import EpochRecord, Runner
 
 __all__ = ["RunRecord", "Checkpoints", "MethodPhases", "ChannelRemoval", "FineTune"]
@@ -89,11 +96,14 @@ class Checkpoints:
         checkpointer: The run's :class:`~attnprune.train.checkpoint.Checkpointer`,
             or None (nothing is written, nothing is restored).
         record: The :class:`RunRecord` every checkpoint carries.
+        distiller: The run's :class:`~attnprune.train.distill.Distiller`, whose
+            state (the teacher) every checkpoint carries too; None without distillation.
     """
 
-    def __init__(self, checkpointer: Checkpointer | None, record: RunRecord):
+    def __init__(self, checkpointer: Checkpointer | None, record: RunRecord, distiller: Distiller | None = None):
         self.checkpointer = checkpointer
         self.record = record
+        self.distiller = distiller
 
     def load(self) -> dict | None:
         """The run's checkpoint, or None (none written yet, or no folder)."""
@@ -104,7 +114,7 @@ class Checkpoints:
         if self.checkpointer is None:
             return
         state = self.record.state_dict()
-        for stage in stages:
+        for stage in stages + (() if self.distiller is None else (self.distiller,)):
             state.update(stage.state_dict())
         self.checkpointer.save(state)
 
@@ -126,12 +136,16 @@ class MethodPhases:
         record: Where the accuracy before pruning goes.
         checkpoints: Written at every epoch end.
         evaluate: Top-1 of a model, or None without held-out data.
+        distiller: Takes the teacher when its phase starts and distils the
+            phases that train the CNN; None without distillation.
     """
 
     def __init__(self, work: nn.Module, inst: Instrumented, method: PruningMethod, phases: list[Phase],
-                 runner: Runner, record: RunRecord, checkpoints: Checkpoints, evaluate: Evaluator | None):
+                 runner: Runner, record: RunRecord, checkpoints: Checkpoints, evaluate: Evaluator | None,
+                 distiller: Distiller | None = None):
         self.work, self.inst, self.method, self.phases = work, inst, method, phases
         self.runner, self.record, self.checkpoints, self.evaluate = runner, record, checkpoints, evaluate
+        self.distiller = distiller
         self.index = 0  # the phase running (or next)
         self.epoch = 0  # its epochs done
         self._resume: dict | None = None  # the checkpoint to continue a phase from, mid-phase
@@ -172,16 +186,22 @@ class MethodPhases:
         self._resume = None
         for i in range(start, len(self.phases)):
             phase = self.phases[i]
+            mid_phase = i == start and resume is not None  # self.epoch epochs of it are done
+            if self.distiller is not None:
+                self.distiller.at_phase(i, self.work, mid_phase=mid_phase)
             if phase.gates != "off":
                 self._measure_dense()
-            if i == start and resume is not None:  # mid-phase: self.epoch epochs of it are done
-                self.runner.run(self.work, phase, self.method, kept=self._kept, start_epoch=self.epoch,
-                                resume=resume["optim"], on_start=functools.partial(self._restart, resume),
-                                on_epoch_end=self._epoch_end, position=i + 1)
-            else:
-                self.index, self.epoch = i, 0
-                self.runner.run(self.work, phase, self.method, kept=self._kept, on_epoch_end=self._epoch_end,
-                                position=i + 1)
+            with _distilled(self.distiller, self.runner, self.work, phase):
+                if mid_phase:
+                    self.runner.run(self.work, phase, self.method, kept=self._kept, start_epoch=self.epoch,
+                                    resume=resume["optim"], on_start=functools.partial(self._restart, resume),
+                                    on_epoch_end=self._epoch_end, position=i + 1)
+                else:
+                    self.index, self.epoch = i, 0
+                    self.runner.run(self.work, phase, self.method, kept=self._kept,
+                                    on_epoch_end=self._epoch_end, position=i + 1)
+        if self.distiller is not None:  # taken here when every phase was a warm-up (a baseline from scratch)
+            self.distiller.at_phase(len(self.phases), self.work)
         self._measure_dense()
         self.index, self.epoch = len(self.phases), 0
 
@@ -288,12 +308,14 @@ class FineTune:
         removal: The removal stage, whose ``pruned`` model trains and whose
             state every fine-tuning checkpoint carries.
         checkpoints: Written after the removal and at every epoch end.
+        distiller: Distils the fine-tuning from its teacher; None without distillation.
     """
 
     def __init__(self, phase: Phase, index: int, runner: Runner, removal: ChannelRemoval,
-                 checkpoints: Checkpoints):
+                 checkpoints: Checkpoints, distiller: Distiller | None = None):
         self.phase, self.index, self.runner, self.removal = phase, index, runner, removal
         self.checkpoints = checkpoints
+        self.distiller = distiller
         self.epoch = 0
         self._resume: dict | None = None
 
@@ -324,14 +346,22 @@ class FineTune:
         """Fine-tune what remains; returns the pruned model."""
         model, resume = self.removal.pruned, self._resume
         self._resume = None
-        if resume is not None:
-            self.runner.run(model, self.phase, start_epoch=self.epoch, resume=resume["optim"],
-                            on_start=functools.partial(self.checkpoints.restore_random, resume),
-                            on_epoch_end=self._epoch_end, position=self.index + 1)
-        else:
-            self.runner.run(model, self.phase, on_epoch_end=self._epoch_end, position=self.index + 1)
+        if self.distiller is not None:
+            self.distiller.require()
+        with _distilled(self.distiller, self.runner, model, self.phase):
+            if resume is not None:
+                self.runner.run(model, self.phase, start_epoch=self.epoch, resume=resume["optim"],
+                                on_start=functools.partial(self.checkpoints.restore_random, resume),
+                                on_epoch_end=self._epoch_end, position=self.index + 1)
+            else:
+                self.runner.run(model, self.phase, on_epoch_end=self._epoch_end, position=self.index + 1)
         return model
 
     def _epoch_end(self, phase: Phase, epoch: int) -> None:
         self.epoch = epoch + 1
         self.save()
+
+
+def _distilled(distiller: Distiller | None, runner: Runner, model: nn.Module, phase: Phase):
+    """The distiller's context for ``phase`` of ``model`` (nothing without distillation)."""
+    return contextlib.nullcontext() if distiller is None else distiller.applied(runner, model, phase)
