@@ -117,13 +117,17 @@ def parse_variant(text: str) -> tuple[str, dict]:
 def variant_arm(name: str, options: dict, passes: int, start: str = "trained") -> Arm:
     """The default arm with some options changed (tuning on the validation split).
 
-    ``options["method"]``, when given, names another learned method, run with its
-    equal-passes schedule; the other entries override that method's options.
+    ``options["method"]``, when given, names another method: a baseline with its
+    pinned options, or a learned method with its equal-passes schedule; the other
+    entries override that method's options (``prune()`` arguments such as
+    ``distill`` or ``max_group_ratio`` included).
     """
     options = dict(options)
     method = options.pop("method", DEFAULT_METHOD)
     base = arm("default", passes, start)
-    if method != DEFAULT_METHOD:
+    if method in PINNED_METHOD:  # a baseline keeps its pinned options (e.g. a distilled baseline)
+        base = arm(method, passes, start)
+    elif method != DEFAULT_METHOD:
         warm = {} if start == "trained" else {"warmup_epochs": WARMUP_PASSES}
         base = Arm(name, method, {**_schedule(method, passes), **(warm or {"warmup_epochs": 0})}, base.trained)
     return Arm(name, method, {**base.options, **options}, base.trained)

@@ -101,7 +101,7 @@ def arm_job(job: dict) -> dict:
                "params_after": r.params_after, "macs_before": r.macs_before, "macs_after": r.macs_after,
                "ratio_achieved": r.ratio_achieved, "kept": _kept(r), "method_report": _scalars(r.method_report),
                "config": plan.pop("config"), "normalize": plan.pop("normalize"),
-               "history": [[h.phase, h.epoch, round(h.loss, 5)] for h in r.history]}
+               "history": [[h.phase, h.epoch, round(h.loss, 5)] for h in r.history], "distill": r.distill}
     out["params_removed"] = 1.0 - out["params_after"] / out["params_before"]
     out["macs_removed"] = 1.0 - out["macs_after"] / out["macs_before"]
     out["dense_params"] = params_before

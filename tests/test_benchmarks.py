@@ -195,6 +195,8 @@ def test_variant_arms_change_only_the_named_options():
     assert v.method == base.method and v.options == {**base.options, **opts}
     other = arms.variant_arm("abp-x", {"method": "abp", "pull": 0.0}, 4)
     assert other.method == "abp" and other.options["pull"] == 0.0 and other.options["joint_epochs"] == 3
+    distilled = arms.variant_arm("ti-kd", {"method": "taylor-iterative", "distill": True}, 4)
+    assert distilled.options == {**arms.arm("taylor-iterative", 4).options, "distill": True}
     for bad in ("l1:foo=1", ":a=1", "x:novalue"):
         with pytest.raises(ValueError):
             arms.parse_variant(bad)
