@@ -113,11 +113,13 @@ def cell_tables(key: tuple, arms: dict[str, list[dict]], primary: bool = False) 
                      f"{_mean(rs, 'passes'):g} | {_mean(rs, 'cnn_steps'):.0f} | {_mean(rs, 'seconds'):.0f} |")
     lines += ["", "| arm | against | pairs | mean diff (points) | sd | 95% interval | ± half-width | W/T/L | verdict |",
               "|:--|:--|--:|--:|--:|:--|--:|:--|:--|"]
-    refs = [(best, "best baseline"), ("random", "random"), ("ceiling", "ceiling")]
+    refs = [(best, "best baseline"), ("random", "random"), ("ceiling", "ceiling"), ("default", "default")]
     for a in order:
         for ref, label in refs:
             if ref is None or ref == a or ref not in arms:
                 continue
+            if ref == "default" and (a in BASELINES or a in ("random", "ceiling")):
+                continue  # tuning variants are also paired with the default arm they change
             c = pair(arms[a], arms[ref])
             name = f"{label} ({ref})" if label == "best baseline" else label
             if c is None:

@@ -206,3 +206,12 @@ def test_arm_options_split_prune_arguments_from_method_options():
     arms = _bench_module("_arms")
     opts = {"max_group_ratio": 0.8, "score_norm": "mean", "cycles": 1}
     assert arms.method_options(opts) == {"score_norm": "mean", "cycles": 1}
+
+
+def test_tuning_variants_are_paired_with_the_default_arm():
+    tables = _load("_paired_tables")
+    recs = _synthetic()
+    recs += [_row("pm", seed, acc) for seed, acc in enumerate([73, 71.5, 72, 70])]  # default + 1 each seed
+    text = "\n".join(tables.render_file("synthetic", recs))
+    assert "| pm | default | 4 | +1.00 | 0.00 |" in text
+    assert "| l1 | default |" not in text and "| default | default |" not in text
