@@ -132,6 +132,7 @@ def test_trained_gates_are_removed_and_gated_equals_pruned():
         runner.run(model, phase, algo)
     sel = algo.select()
     assert abs(sel.ratio - 0.5) <= 0.01
+    assert algo.report()["frozen_steps"] > 0  # the default freezes the masks for the last steps
     # the binary gates in force at the end of training are the ones removed
     assert all(torch.equal(a, b) for a, b in zip(algo.masks(), sel.masks))
     model.eval()
@@ -149,6 +150,91 @@ def test_trained_gates_are_removed_and_gated_equals_pruned():
     ok, err = outputs_close(gated, out, 1e-4)
     assert ok, err
     assert count_hooks(pruned) == 0
+
+
+def _masks_every_step(algo, runner, model):
+    """Run the joint phase; return the gates each step ran with (plus the final ones) and m before each step."""
+    seen, ms = [], []
+    real = algo.before_step
+
+    def spy(phase, step):
+        real(phase, step)
+        seen.append(algo.masks())
+        ms.append([p.detach().clone() for p in algo.m])
+
+    algo.before_step = spy
+    for phase in algo.phases():
+        runner.run(model, phase, algo)
+    seen.append(algo.masks())
+    ms.append([p.detach().clone() for p in algo.m])
+    return seen, ms
+
+
+def _changed(a, b):
+    return sum(int((x != y).sum()) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("freeze_fraction", [0.5, 0.0])
+def test_flips_per_epoch_and_frozen_masks(freeze_fraction):
+    torch.manual_seed(0)
+    model = ResidualNet()
+    # m moves fast (lr(m) = lr) so that the masks churn while they may
+    inst, algo, runner = _attached(model, torch.randn(4, 3, 16, 16), joint_epochs=3, ramp_epochs=1,
+                                   m_lr_factor=1.0, freeze_fraction=freeze_fraction)
+    n = runner.steps_in_epoch()
+    seen, ms = _masks_every_step(algo, runner, model)
+    assert len(seen) == 3 * n + 1
+    # the count: gates that changed between consecutive steps, by the epoch of the step that changed them
+    expected = [sum(_changed(seen[s], seen[s + 1]) for s in range(e * n, (e + 1) * n)) for e in range(3)]
+    rep = algo.report()
+    assert rep["flips_per_epoch"] == expected and rep["flips_total"] == sum(expected)
+    assert expected[1] > 0  # at the full budget the masks churn while they may move
+    if freeze_fraction:
+        # last half of the two post-ramp epochs: epoch 3 runs with the masks of its first step
+        assert rep["freeze_step"] == 2 * n and rep["frozen_steps"] == n
+        assert expected[2] == 0
+        assert all(_changed(seen[2 * n], seen[s]) == 0 for s in range(2 * n, 3 * n + 1))
+        assert all(torch.equal(a, b) for s in range(2 * n, 3 * n + 1) for a, b in zip(ms[2 * n], ms[s]))
+    else:
+        assert rep["freeze_step"] is None and rep["frozen_steps"] == 0
+        assert expected[2] > 0  # without the freeze the last epoch churns too (so the check above can fail)
+    # what was trained last is what is removed
+    assert all(torch.equal(a, b) for a, b in zip(seen[-1], algo.select().masks))
+    algo.detach()
+    inst.remove()
+
+
+def test_frozen_steps_give_m_no_gradient_and_no_pull():
+    torch.manual_seed(0)
+    model = ResidualNet()
+    x = torch.randn(16, 3, 16, 16)
+    inst, algo, _ = _attached(model, x, ramp_epochs=0, freeze_fraction=1.0)
+    joint = algo.phases()[-1]
+    algo.start_phase(joint)
+    assert algo.freeze_step == 0 and algo.frozen
+    assert algo.regularizer(joint) is None
+    model.train()
+    nn.functional.cross_entropy(model(x), torch.randint(0, 10, (16,))).backward()
+    assert all(p.grad is not None and bool((p.grad == 0).all()) for p in algo.m)  # in the graph, gradient 0
+    algo.detach()
+    inst.remove()
+
+
+@pytest.mark.parametrize("options, expected", [
+    (dict(ramp_epochs=1), 2 * 10),                     # post-ramp 20 steps, last 10 frozen
+    (dict(ramp_epochs=2), 30 - 5),                     # post-ramp 10 steps, last 5 frozen
+    (dict(ramp_epochs=1, freeze_fraction=1.0), 10),    # frozen as soon as the ramp ends
+    (dict(ramp_epochs=1, freeze_fraction=0.0), None),  # never (the paper's one stage)
+    (dict(ramp_epochs=3), None),                       # the ramp fills the phase
+    (dict(ramp_epochs=3, threshold_mode="fixed"), 15),  # fixed mode: no ramp, half of all steps
+])
+def test_freeze_start(options, expected):
+    algo = ABPMethod(joint_epochs=3, **options)
+    algo.context = Context(steps_per_epoch=10)
+    algo.ramp_steps = algo.config.ramp_epochs * 10
+    assert algo.freeze_start() == expected
+    algo.context = Context(steps_per_epoch=None)  # epoch length unknown: nothing is frozen
+    assert algo.freeze_start() is None
 
 
 def test_fixed_threshold_reports_the_ratio_reached():
@@ -188,6 +274,7 @@ def test_unreachable_ratio_fails_before_training():
     (dict(threshold_mode="auto"), "'threshold_mode' of ABPConfig must be one of"),
     (dict(t0=1.5), r"'t0' of ABPConfig must be a number > 0 and < 1"),
     (dict(pull=-1), "'pull' of ABPConfig must be"),
+    (dict(freeze_fraction=1.5), "'freeze_fraction' of ABPConfig must be"),
     (dict(nonsense=1), "valid options"),
 ])
 def test_bad_options(bad, match):

@@ -140,6 +140,17 @@ def test_abp_checkpoint_holds_m_and_counters(tmp_path):
     groups = reference("abp", "generator").report.groups
     assert [t.numel() for t in m] == [g.total for g in groups]
     assert saved["method"]["attr.step"] == 3 and saved["method"]["attr.initialized"] is True
+    assert saved["method"]["attr.flips"][1:] == [0, 0] and saved["method"]["attr._frozen_m"] is None
+
+
+def test_abp_resumes_inside_the_frozen_masks(tmp_path):
+    # joint 3 epochs of 3 steps, ramp 1: the masks freeze after step 6, the end of epoch 2
+    saved, resumed = interrupt_then_resume("abp", "generator", 9, tmp_path)
+    assert saved["method"]["attr.step"] == 6
+    assert [m.shape for m in saved["method"]["attr._frozen_m"]] == [m.shape for k, m in saved["method"].items()
+                                                                   if k.startswith("p")]
+    assert resumed.report.method_report["freeze_step"] == 6
+    assert resumed.report.method_report["flips_per_epoch"][2] == 0
 
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path):

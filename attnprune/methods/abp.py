@@ -35,10 +35,35 @@ How the user's ``ratio`` decides ``t`` (``threshold_mode``):
   conv's shared pattern, or a tie -- gets its own ``t``; see
   ``report()["threshold_exceptions"]``). The gates trained are the gates removed,
   which keeps the paper's "no fine-tuning" true; ``select()`` returns the
-  selection of the last training step.
+  selection of the last training step (the frozen one, below).
 * ``"fixed"``: the paper's fixed threshold, ``t = t0 * max|m|`` per group (eq. 17)
   or a constant ``threshold``; the ratio is whatever results, reported as
   ``ratio_reached`` and ``ratio_error``.
+
+Frozen masks at the end of the joint phase (``freeze_fraction``; the paper differs).
+Tian et al. train the CNN and ``m`` together to the last step and remove the closed
+filters without fine-tuning. At the full budget eq. (5) churns: a kept channel gets
+no task gradient and slides down with the pull until a closed one climbs past it,
+so channels near the boundary swap back and forth (on the Fashion-MNIST quality
+benchmark, ResNet-20 at ratio 0.5: 1,462 flips over 189 full-budget steps, about 8
+a step, while only 88 channels ended on the other side than at the end of the
+ramp). A channel that returns late brings weights that decayed while it was closed
+(weight decay, no gradient), and with no fine-tune nothing trains them (ratio 0.8:
+81.3% against taylor's 85.9% there). So by default the masks freeze halfway
+between the end of the ramp and the end of the joint phase
+(``freeze_fraction=0.5``; the ramp itself ends after its first epoch,
+``ramp_epochs=1`` of 3): from then on ``m`` gets an exactly zero gradient (it
+stays in the graph, for DDP) and is put back after each optimiser step (momentum
+would otherwise move it, and move the gates with it), the pull and ReLU's pass at
+0 are off, and only the CNN weights train under the fixed binary masks. Since a
+gated model with fixed masks computes what the pruned one does, that is a
+fine-tune of exactly the kept set, inside the joint phase's passes and on the tail
+of its cosine learning-rate schedule, so the total number of passes does not grow;
+``finetune_epochs`` stays 0 and adds passes after removal only when asked for.
+``freeze_fraction=0`` is the paper's one stage. ``report()["flips_per_epoch"]``
+counts, per joint epoch, the gates that changed state between consecutive steps
+(during the ramp that includes the closures the ramp forces; 0 in frozen epochs).
+A one-seed measurement of the freeze is in ``docs/methods.md``.
 
 Choices where the paper is silent (see ``docs/methods.md``):
 
@@ -83,7 +108,8 @@ Choices where the paper is silent (see ``docs/methods.md``):
   so a kept channel the loss would rather close is pushed below ``t`` by the task,
   not only by the pull.
 
-Default estimator, and the measurement behind it (``ste="paper"``). ResNet-20
+Default estimator, and the measurement behind it (``ste="paper"``; measured
+before the masks froze, i.e. ``freeze_fraction=0``). ResNet-20
 from scratch on 2,000 Fashion-MNIST images (batch 64), 3 joint epochs with the
 budget ramping over 2, ratio 0.5 of params, no fine-tuning; test accuracy on
 1,000 images right after removal, seeds 0/1/2, CPU. "Flips": channels that
@@ -154,7 +180,7 @@ def _thresholds(absm: torch.Tensor, keep: torch.Tensor, t: float) -> tuple[torch
 
 @dataclass(frozen=True)
 class ABPConfig(TrainConfig):
-    """Options of ABP (defaults: one-stage training from scratch, no fine-tuning).
+    """Options of ABP (defaults: one-stage training from scratch, masks frozen for its last part, no fine-tuning).
 
     Attributes:
         joint_epochs: Epochs of the one-stage joint training of CNN and ``m``.
@@ -177,12 +203,19 @@ class ABPConfig(TrainConfig):
             ``"uniform"`` in fixed mode.
         relu_pass: During the joint phase, let ReLU pass gradients at exactly 0
             (:class:`ReluPassAtZero`) so closed channels receive ``g_a``.
+        freeze_fraction: Share of the joint steps after the budget ramp (of all
+            joint steps in fixed mode) that run with frozen masks, at the end of
+            the phase: ``m`` stops moving, the gates stay fixed and only the CNN
+            weights train, an in-budget fine-tune of exactly the channels that are
+            kept. 0: the masks follow ``|m|`` to the last step (the paper's one
+            stage); 1: they freeze as soon as the ramp reaches ``ratio``. Counted
+            in steps; with a loader of unknown length nothing is frozen.
     """
 
     warmup_epochs: int = 0
     finetune_epochs: int = 0
     joint_epochs: int = option(3, low=0)
-    ramp_epochs: int = option(2, low=0)
+    ramp_epochs: int = option(1, low=0)
     ste: str = option("paper", choices=ESTIMATORS)
     clip: float = option(2.0, low=0, low_open=True)
     pull: float = option(1e-3, low=0)
@@ -194,6 +227,7 @@ class ABPConfig(TrainConfig):
     threshold: float | None = option(None, low=0, low_open=True)
     init: str | None = option(None, choices=INITS)
     relu_pass: bool = option(True)
+    freeze_fraction: float = option(0.5, low=0, high=1)
 
 
 @register_method("abp")
@@ -207,7 +241,7 @@ class ABPMethod(PruningMethod):
     )
     normalize = None  # |m| starts at mean 1 in every group and trains on that scale
     state_attributes = ("initialized", "step", "current_ratio", "_t", "group_t", "_selection",
-                        "_selection_ratio", "_initial_masks", "exceptions", "changes")
+                        "_selection_ratio", "_initial_masks", "exceptions", "changes", "flips", "_frozen_m")
 
     def setup(self) -> None:
         device = next(iter(self.inst.model.parameters())).device
@@ -223,6 +257,10 @@ class ABPMethod(PruningMethod):
         self._initial_masks: list[torch.Tensor] | None = None  # at the end of the ramp
         self.exceptions = 0
         self.changes = 0  # channels that changed side between steps at the full budget
+        self.flips: list[int] = []  # gates that changed state, per joint epoch
+        self.freeze_step: int | None = None  # joint step from which the masks are frozen (None: never)
+        self._frozen_m: list[torch.Tensor] | None = None  # m when the masks froze
+        self._step_masks: list[torch.Tensor] | None = None  # the gates of the step running now
         b = self.budget
         if b.ratio and self.config.threshold_mode == "budget":  # an unreachable ratio fails now, not at the end
             check_reachable(self.inst.cost, b.ratio, b.target, round_to=b.round_to)
@@ -230,7 +268,7 @@ class ABPMethod(PruningMethod):
             self.handles += relu_pass_hooks(self.inst.model, self._relu_pass_active)
 
     def _relu_pass_active(self, module) -> bool:
-        return self.inst.mode == "analog" and module.training and torch.is_grad_enabled()
+        return self.inst.mode == "analog" and not self.frozen and module.training and torch.is_grad_enabled()
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.m)
@@ -281,6 +319,8 @@ class ABPMethod(PruningMethod):
     def _gate_values(self) -> list[torch.Tensor]:
         # called by the gates once per forward
         thresholds = self.fixed_thresholds() if self.config.threshold_mode == "fixed" else self._t
+        if self.frozen:  # m takes part (DDP expects its gradient) but receives exactly 0
+            return [binary_gate(p, t, torch.full_like(t, -1.0)) for p, t in zip(self.m, thresholds)]
         return [binary_gate(p, t, self._bound(t)) for p, t in zip(self.m, thresholds)]
 
     def masks(self) -> list[torch.Tensor]:
@@ -300,12 +340,42 @@ class ABPMethod(PruningMethod):
         if phase.gates == "analog":
             if not self.initialized:
                 self.init_m()
-            steps = self.context.steps_per_epoch or 1
-            self.ramp_steps = self.config.ramp_epochs * steps
-            if self.config.threshold_mode == "budget":
+            c = self.config
+            steps = self.context.steps_per_epoch
+            self.ramp_steps = c.ramp_epochs * (steps or 1)
+            self.freeze_step = self.freeze_start()
+            if not self.flips:
+                self.flips = [0] * (c.joint_epochs if steps else 1)
+            if c.threshold_mode == "budget":
                 self.update_budget_gates()
+            self._freeze_if_due()
             self.inst.set_scores(self._gate_values)
         self.inst.mode = phase.gates
+
+    def freeze_start(self) -> int | None:
+        """Joint-phase step from which the masks are frozen (``freeze_fraction``); None: never.
+
+        The last ``floor(freeze_fraction * n)`` steps are frozen, ``n`` the steps after
+        the budget ramp (budget mode) or all joint steps (fixed mode); nothing is frozen
+        when the epoch length is unknown or the ramp does not end inside the phase.
+        """
+        c = self.config
+        steps = self.context.steps_per_epoch
+        if not steps or c.freeze_fraction <= 0:
+            return None
+        total = c.joint_epochs * steps
+        ramp_end = self.ramp_steps if c.threshold_mode == "budget" else 0
+        frozen = math.floor(c.freeze_fraction * (total - ramp_end)) if total > ramp_end else 0
+        return total - frozen if frozen > 0 else None
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the masks are frozen now (the joint step running is at or past :meth:`freeze_start`)."""
+        return self.freeze_step is not None and self.step >= self.freeze_step
+
+    def _freeze_if_due(self) -> None:
+        if self.freeze_step is not None and self.step == self.freeze_step and self._frozen_m is None:
+            self._frozen_m = [p.detach().clone() for p in self.m]
 
     def ratio_at(self, step: int) -> float:
         """The budget in force at joint-phase step ``step`` (linear ramp from 0)."""
@@ -341,21 +411,45 @@ class ABPMethod(PruningMethod):
         self._selection, self._selection_ratio = sel, ratio
 
     def regularizer(self, phase: Phase):
-        if phase.gates != "analog" or not self.config.pull:
+        if phase.gates != "analog" or not self.config.pull or self.frozen:
             return None
         return self.config.pull * sum(p.abs().sum() for p in self.m)
 
+    def before_step(self, phase: Phase, step: int) -> None:
+        if phase.gates == "analog" and not self.frozen:
+            self._step_masks = self.masks()
+
+    @torch.no_grad()
     def after_step(self, phase: Phase, step: int) -> None:
         if phase.gates != "analog":
             return
+        if self.frozen:
+            # m got a zero gradient, but the optimiser's momentum still moved it: put it back
+            for p, v in zip(self.m, self._frozen_m):
+                p.copy_(v)
+            self.step += 1
+            return
         self.step += 1
         if self.config.nonneg:
-            with torch.no_grad():
-                for p in self.m:
-                    p.clamp_(min=0.0)
+            for p in self.m:
+                p.clamp_(min=0.0)
         if self.config.threshold_mode == "budget":
             # right after m moved, so every forward sees the selection of the current |m|
             self.update_budget_gates()
+        self._count_flips()
+        self._freeze_if_due()
+
+    def _count_flips(self) -> None:
+        """Add the gates that changed state in the step just done to its epoch's count."""
+        if self._step_masks is None:
+            return
+        flips = sum(int((a != b).sum()) for a, b in zip(self._step_masks, self.masks()))
+        steps = self.context.steps_per_epoch
+        epoch = (self.step - 1) // steps if steps else 0
+        while len(self.flips) <= epoch:
+            self.flips.append(0)
+        self.flips[epoch] += flips
+        self._step_masks = None
 
     # -- results ----------------------------------------------------------------
     @torch.no_grad()
@@ -382,6 +476,10 @@ class ABPMethod(PruningMethod):
             "threshold_mode": c.threshold_mode,
             "threshold_exceptions": self.exceptions,
             "joint_steps": self.step,
+            "flips_per_epoch": list(self.flips) if self.context.steps_per_epoch else None,
+            "flips_total": sum(self.flips),
+            "freeze_step": self.freeze_step,
+            "frozen_steps": 0 if self.freeze_step is None else max(0, self.step - self.freeze_step),
             "scores": [s.tolist() for s in self.scores()],
         }
         if c.threshold_mode == "budget":
