@@ -108,32 +108,9 @@ Choices where the paper is silent (see ``docs/methods.md``):
   so a kept channel the loss would rather close is pushed below ``t`` by the task,
   not only by the pull.
 
-Default estimator, and the measurement behind it (``ste="paper"``; measured
-before the masks froze, i.e. ``freeze_fraction=0``). ResNet-20
-from scratch on 2,000 Fashion-MNIST images (batch 64), 3 joint epochs with the
-budget ramping over 2, ratio 0.5 of params, no fine-tuning; test accuracy on
-1,000 images right after removal, seeds 0/1/2, CPU. "Flips": channels that
-changed side at the full budget (after the ramp, 32 steps); mean ``|g_a|`` of
-closed channels about 0.013 in every run (with ``relu_pass=False`` it is exactly 0,
-and no decision ever changes).
-
-==========================  =====================  ===========  ======
-setting                     accuracy (seeds)       mean         flips
-==========================  =====================  ===========  ======
-paper, lr(m) = 0.01 lr      71.2 / 71.7 / 73.0     72.0         47/24/25
-clipped, lr(m) = 0.01 lr    72.5 / 72.6 / 70.0     71.7         15/2/2
-m frozen (L1 init only)     72.0 / 71.0 / 71.3     71.4         0
-paper, lr(m) = 0.1 lr       69.6 / 62.2 / 71.7     67.8         ~210
-clipped, lr(m) = 0.1 lr     73.3 / 74.0 / 74.5     73.9         ~50
-==========================  =====================  ===========  ======
-
-At the paper's ``lr(m) = 0.01 * lr`` the two estimators (and a frozen ``m``) are
-within seed noise on a CPU-sized schedule, so the default is the paper's eq. (5).
-When ``m`` moves faster, eq. (5) churns: kept channels get no task gradient and
-all slide down with the pull, closed ones climb past them and are swapped in with
-weights that decayed while closed; the clipped estimator lets the task hold useful
-kept channels up. Use ``ste="clipped"`` with a larger ``m_lr_factor``.
-(Flips are ``report()["changes_at_full_budget"]``.)
+Default estimator: the paper's eq. (5); at the paper's ``lr(m) = 0.01 * lr`` the two estimators
+(and a frozen ``m``) measured within seed noise (table in ``docs/methods.md``). With a
+larger ``m_lr_factor`` use ``ste="clipped"``: eq. (5) then churns.
 
 Scores (``scores()``, also for :class:`attnprune.LearnedImportance`): ``|m|``, on one
 scale across groups (``normalize = None``); the budget selection on them is the
