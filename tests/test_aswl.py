@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torchvision
 from torch.nn.utils import parametrize
 
 import attnprune
@@ -16,7 +17,17 @@ from attnprune.methods.base import Budget, Context
 from attnprune.models import resnet20
 from attnprune.train.runner import Runner
 
-from _util import MLP, BiasNoNormNet, ResidualNet, count_hooks, fvcore_counts, synthetic_loader
+from _util import (
+    MLP,
+    TOY_MODELS,
+    BiasNoNormNet,
+    ResidualNet,
+    count_hooks,
+    fvcore_counts,
+    random_masks,
+    randomize_bn,
+    synthetic_loader,
+)
 
 FAST = dict(joint_epochs=2, ramp_epochs=1, progress=False, seed=0, round_to=1)  # free counts: ±1 point
 
@@ -169,7 +180,7 @@ def test_structured_gates_scores_fold_and_gated_equals_pruned():
         analog = model(x)
     inst.set_masks(sel.masks)
     inst.mode = "binary"
-    algo.commit(sel)  # folds a_g into the gate points' weights
+    algo.commit(sel)  # places a_g downstream: next norms' statistics, the head's weights
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     algo.detach()  # removes what the method added, changes no weight
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
@@ -204,6 +215,120 @@ def test_detach_alone_changes_no_weight(cls):
     inst.remove()
     assert all(torch.equal(w, dict(model.named_modules())[n].weight) for n, w in dense.items())
     assert count_hooks(model) == 0 and not any(parametrize.is_parametrized(m) for m in model.modules())
+
+
+def _gated_reference(model, inst, algo, masks, x):
+    """Eval output of the trained model gated by ``a_g`` on kept channels and 0 on closed ones."""
+    att = algo.att.detach()
+    inst.set_scores([att[i] * m.float() for i, m in enumerate(masks)])
+    inst.mode = "analog"
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def _commit_and_prune(model, inst, algo, masks, x):
+    inst.set_masks(masks)
+    inst.mode = "binary"
+    algo.commit(None)
+    algo.detach()
+    pruned = inst.finalize(verify=True)
+    with torch.no_grad():
+        return pruned(x)
+
+
+RESIDUAL_ZOO = {
+    "resnet20": (lambda: resnet20(in_channels=1), (1, 28, 28)),
+    "torchvision_resnet18": (lambda: torchvision.models.resnet18(num_classes=10), (3, 32, 32)),
+}
+
+
+@pytest.mark.parametrize("arch", list(RESIDUAL_ZOO))
+def test_structured_trained_gated_model_equals_pruned_on_residual_nets(arch):
+    """The core invariant end to end: joint training, select, commit, remove; eval outputs unchanged."""
+    build, shape = RESIDUAL_ZOO[arch]
+    torch.manual_seed(0)
+    model = build()
+    x = torch.randn(4, *shape)
+    inst = attnprune.instrument(model, x)
+    algo = ASWLStructuredMethod(joint_epochs=1, ramp_epochs=1, finetune_epochs=0, att_lr=0.25, a_min=0.01)
+    runner = Runner(loader=synthetic_loader(shape, n=48), loss_fn=nn.functional.cross_entropy, progress=False)
+    algo.attach(inst, Budget(0.5), Context(steps_per_epoch=runner.steps_in_epoch()))
+    for phase in algo.phases():
+        runner.run(model, phase, algo)
+    assert float(algo.attention().min()) < 0.1  # small attentions: the case that broke fine-tuning
+    sel = algo.select()
+    ref = _gated_reference(model, inst, algo, sel.masks, x)
+    placement = algo.report()["attention_placement"]
+    # ReLU nets: every group's scale goes downstream, the stream's reaches the head's weights
+    assert all("norm_statistics" in p for p in placement.values())
+    assert any(p["weights"] == ["fc"] for p in placement.values())
+    ok, err = outputs_close(ref, _commit_and_prune(model, inst, algo, sel.masks, x), 1e-4)
+    assert ok, err
+
+
+@pytest.mark.parametrize("arch", list(TOY_MODELS))
+def test_structured_placement_keeps_gated_equal_to_pruned(arch):
+    """Tiny random attentions on every toy topology (concat, depthwise, SE, biased convs, ...): exact."""
+    torch.manual_seed(0)
+    model = randomize_bn(TOY_MODELS[arch]())
+    x = torch.randn(4, 3, 16, 16)
+    inst = attnprune.instrument(model, x)
+    algo = ASWLStructuredMethod(joint_epochs=1, ramp_epochs=1, finetune_epochs=0)
+    algo.attach(inst, Budget(0.5), Context(steps_per_epoch=1))
+    with torch.no_grad():
+        algo.att.copy_(torch.rand(len(inst.groups)) * 0.05 + 0.01)
+    masks = random_masks(inst.groups, 0.6)
+    ref = _gated_reference(model, inst, algo, masks, x)
+    ok, err = outputs_close(ref, _commit_and_prune(model, inst, algo, masks, x), 1e-4)
+    assert ok, err
+
+
+def test_structured_commit_leaves_every_norm_affine_alone():
+    """No BN gamma/beta is multiplied by a_g (old behaviour: gamma *= a_g, 0.01 to 0.05 after training).
+
+    The next norm's running statistics take the scale instead: mean / a, (var + eps) / a**2 - eps.
+    """
+    torch.manual_seed(0)
+    model = randomize_bn(resnet20(in_channels=1))
+    x = torch.randn(4, 1, 28, 28)
+    inst = attnprune.instrument(model, x)
+    algo = ASWLStructuredMethod(joint_epochs=1, ramp_epochs=1, finetune_epochs=0)
+    algo.attach(inst, Budget(0.5), Context(steps_per_epoch=1))
+    with torch.no_grad():
+        algo.att.fill_(0.02)
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    affine = {n: (m.weight.clone(), m.bias.clone()) for n, m in bns.items()}
+    stats = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in bns.items()}
+    fc = model.fc.weight.clone()
+    algo.commit(None)
+    for n, m in bns.items():
+        assert torch.equal(m.weight, affine[n][0]) and torch.equal(m.bias, affine[n][1]), n
+    # layer1.0.bn2 reads conv2(relu(a * bn1(...))): its statistics were collected on a-scaled inputs
+    bn2 = model.layer1[0].bn2
+    mean, var = stats["layer1.0.bn2"]
+    torch.testing.assert_close(bn2.running_mean, mean / 0.02)
+    torch.testing.assert_close(bn2.running_var, (var + bn2.eps) / 0.02**2 - bn2.eps)
+    torch.testing.assert_close(model.fc.weight, fc * 0.02)  # the head has no norm after it
+    inst.remove()
+
+
+def test_structured_detach_changes_no_parameter_or_statistic():
+    """Error path: detach() alone places nothing: weights, biases and BN statistics stay bit for bit."""
+    torch.manual_seed(0)
+    model = ResidualNet()
+    inst = attnprune.instrument(model, torch.randn(4, 3, 16, 16))
+    algo = ASWLStructuredMethod(joint_epochs=1, ramp_epochs=1, att_lr=0.2)
+    runner = Runner(loader=synthetic_loader((3, 16, 16)), loss_fn=nn.functional.cross_entropy, progress=False)
+    algo.attach(inst, Budget(0.5), Context(steps_per_epoch=runner.steps_in_epoch()))
+    for phase in algo.phases():
+        runner.run(model, phase, algo)
+    assert float(algo.attention().max()) < 0.9  # placing a_g would change the state
+    algo.select()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    algo.detach()
+    inst.remove()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
 def test_structured_mask_training_and_macs_target():
