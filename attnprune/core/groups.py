@@ -1,17 +1,19 @@
 """Coupled channel groups, discovered with torch-pruning's dependency graph.
 
-This is the only module that reads or changes torch-pruning's dependency graph
-during pruning: discovery (:func:`discover_groups`), the torch-pruning group of a
-:class:`ChannelGroup` (:func:`pruning_group`), physical removal
-(:func:`remove_channels`) and the one structural question a method asks
-(:func:`sole_norm_after`). Elsewhere, :mod:`attnprune.methods.baselines` and
-:mod:`attnprune.methods.importance` use torch-pruning's *importance* API on the
-groups this module hands out, and :mod:`attnprune.deploy.serialize` replays a
-saved pruning history on a fresh graph to rebuild a model. It turns each
-torch-pruning ``Group`` into a :class:`ChannelGroup`: the channels that must be
-removed together, the modules they touch (with each module's own indices mapped
-to the group's *root index space*), and the places where a gate must sit so that
-a closed channel emits exact zeros wherever it flows.
+This is the only module that changes torch-pruning's dependency graph during
+pruning, and with :mod:`attnprune.core.scale_flow` (which follows a group's
+scale downstream, read-only) the only one that reads it: discovery
+(:func:`discover_groups`), the torch-pruning group of a :class:`ChannelGroup`
+(:func:`pruning_group`), physical removal (:func:`remove_channels`) and the
+structural question a method asks (:func:`sole_norm_after`). Elsewhere,
+:mod:`attnprune.methods.baselines` and :mod:`attnprune.methods.importance` use
+torch-pruning's *importance* API on the groups this module hands out, and
+:mod:`attnprune.deploy.serialize` replays a saved pruning history on a fresh
+graph to rebuild a model. It turns each torch-pruning ``Group`` into a
+:class:`ChannelGroup`: the channels that must be removed together, the modules
+they touch (with each module's own indices mapped to the group's *root index
+space*), and the places where a gate must sit so that a closed channel emits
+exact zeros wherever it flows.
 
 Gate placement follows ``docs/methods.md`` ("What all methods share"): a gate sits
 on the output of every normalisation layer of the group, and on the output of every

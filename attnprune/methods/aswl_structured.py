@@ -56,28 +56,27 @@ squeeze-excitation, the model's output) it is not cancelled: the function and
 the task gradient depend on it, and it is folded into the group's gate points'
 weights and bias as the paper does. ``report()["attention_placement"]`` says,
 per group, which layers took the scale (``norm_statistics``, ``weights``) or that
-its ``producers`` did and ``why``. This walk reads torch-pruning's graph
-(``inst.graph``) read-only, besides :mod:`attnprune.core.groups`.
+its ``producers`` did and ``why``. The walk is the core's
+:func:`attnprune.core.scale_flow.scale_flow`; this module applies what it finds.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from torch_pruning.ops import OPTYPE
 
 from ..core.budget import BudgetResult, check_reachable, round_kept, round_step, select_channels, tolerance
 from ..core.filters import filter_l1
-from ..core.groups import ChannelGroup, sole_norm_after
+from ..core.groups import ChannelGroup
+from ..core.scale_flow import ScaleFlow, gate_spans, scale_flow
 from .aswl_base import ASWLBase, ASWLConfig, layer_ratios
 from .base import Phase, register_method
 from .options import option
 
-__all__ = ["ASWLStructuredConfig", "ASWLStructuredMethod", "Placement", "plan_placement"]
+__all__ = ["ASWLStructuredConfig", "ASWLStructuredMethod"]
 
 
 @dataclass(frozen=True)
@@ -221,15 +220,15 @@ class ASWLStructuredMethod(ASWLBase):
             "attention": {g.name: float(a) for g, a in zip(self.inst.groups, att)},
             "group_ratios": {g.name: float(p) for g, p in zip(self.inst.groups, layer_ratios(att, beta))},
             "budget_search_fallback": getattr(self, "fallback", False),
-            "attention_placement": {g.name: p.describe(names) for g, p in zip(self.inst.groups, plans)},
-            "unfolded_gates": [n for g, p in zip(self.inst.groups, plans) if p.producers for n in unfoldable(g)],
+            "attention_placement": {g.name: _describe(p, names) for g, p in zip(self.inst.groups, plans)},
+            "unfolded_gates": [n for g, p in zip(self.inst.groups, plans) if p.gates for n in unfoldable(g)],
         }
 
     # -- the end --------------------------------------------------------------------
-    def placements(self) -> list[Placement]:
+    def placements(self) -> list[ScaleFlow]:
         """Where each group's ``a_g`` goes at :meth:`commit` (a plan; nothing is changed)."""
         names = {m: n for n, m in self.inst.model.named_modules()}
-        return [plan_placement(self.inst.graph, g, names) for g in self.inst.groups]
+        return [scale_flow(self.inst.graph, g, names) for g in self.inst.groups]
 
     @torch.no_grad()
     def place_attention(self) -> None:
@@ -248,7 +247,7 @@ class ASWLStructuredMethod(ASWLBase):
                 rescale_statistics(norm, a, channels, conv)
             for layer, channels in plan.weights:
                 scale_inputs(layer, a, channels)
-            if plan.producers:
+            if plan.gates:  # the scale cannot leave the gate points
                 fold_into_producers(g, a)
         self.committed = True
 
@@ -264,152 +263,12 @@ class ASWLStructuredMethod(ASWLBase):
             self.inst.mode = "off"
 
 
-# -- where a_g goes: following the scale downstream ------------------------------------
-#: Ops ``f`` with ``f(a * x) = a * f(x)`` for every ``a > 0``, channel by channel (grad_fn names).
-_SCALE_FREE = re.compile(
-    r"(Relu|LeakyRelu|(Adaptive)?(Max|Avg)Pool\dD(WithIndices)?|Mean|Sum|Amax|Clone|Permute|Transpose|Squeeze"
-    r"|Unsqueeze|Upsample(Nearest|Bilinear|Bicubic|Linear|Trilinear)\dD|Alias)Backward\d*"
-)
-#: torch-pruning's index-only ops (views, slices, splits): they move channels, never rescale them.
-_INDEX_OPS = (OPTYPE.RESHAPE, OPTYPE.SLICE, OPTYPE.SPLIT, OPTYPE.UNBIND, OPTYPE.EXPAND)
-_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
-_BN = nn.modules.batchnorm._BatchNorm
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where one group's ``a_g`` goes at commit.
-
-    Attributes:
-        norms: ``(norm, channels or None for all, conv before it or None)``: running
-            statistics to rescale.
-        weights: ``(layer, input channels or None for all)``: input-channel weights to scale.
-        producers: Non-empty when the scale is folded into the group's gate points
-            instead (``why`` says what stopped it downstream).
-        why: The op or layer that stops the scale, when ``producers``.
-    """
-
-    norms: tuple = ()
-    weights: tuple = ()
-    producers: tuple[str, ...] = ()
-    why: str = ""
-
-    def describe(self, names: dict) -> dict:
-        """Plain description for ``report()``."""
-        if self.producers:
-            return {"producers": list(self.producers), "why": self.why}
-        return {"norm_statistics": [names[n] for n, _, _ in self.norms], "weights": [names[m] for m, _ in self.weights]}
-
-
-def _op_name(node) -> str:
-    fn = getattr(node.grad_fn, "name", None)
-    return fn() if callable(fn) else type(node.module).__name__
-
-
-def _is_add(node) -> bool:
-    """A tensor + tensor (or -) op whose every operand is a graph node (no constant, no parameter)."""
-    return (node.type == OPTYPE.ELEMENTWISE and re.fullmatch(r"(Add|Sub)Backward0", _op_name(node)) is not None
-            and len(node.inputs) == len(node.grad_fn.next_functions) >= 2)
-
-
-def _passes(node) -> bool:
-    """``node`` (not a model layer) carries a per-channel scale through unchanged."""
-    if node.type in _INDEX_OPS:
-        return True
-    return node.type == OPTYPE.ELEMENTWISE and _SCALE_FREE.fullmatch(_op_name(node)) is not None
-
-
-def _scaled(node, gates: dict, names: dict, memo: dict) -> bool:
-    """Whether ``node``'s whole output is ``a`` times what it is without the group's gates (backwards)."""
-    if node not in memo:
-        memo[node] = False  # cycles cannot occur; this guards re-entry
-        mod = node.module
-        if mod in gates:
-            memo[node] = gates[mod]
-        elif mod in names:
-            memo[node] = isinstance(mod, nn.PReLU) and _scaled(node.inputs[0], gates, names, memo)
-        elif _is_add(node):
-            memo[node] = all(_scaled(i, gates, names, memo) for i in node.inputs)
-        elif _passes(node) and node.type != OPTYPE.EXPAND and len(node.inputs) == 1:
-            memo[node] = _scaled(node.inputs[0], gates, names, memo)
-    return memo[node]
-
-
-def _reached(graph, gates: dict, names: dict) -> tuple[dict, str]:
-    """The layers the gates' common scale reaches, each with whether it scales their whole input.
-
-    ``gates`` maps each gate point to whether the group covers all its output channels.
-    Returns ``({layer: whole}, "")``, or ``({}, why)`` when the scale meets an op it
-    does not pass unchanged (an activation other than (leaky) ReLU, a product, an
-    add with something unscaled, the model's output).
-    """
-    found: dict[nn.Module, bool] = {}
-    memo: dict = {}
-    stack = [(graph.module2node[m], whole) for m, whole in gates.items()]
-    seen = set()
-    while stack:
-        node, whole = stack.pop()
-        if (node, whole) in seen:
-            continue
-        seen.add((node, whole))
-        if not node.outputs:
-            return {}, "it reaches the model's output"
-        for out in node.outputs:
-            mod = out.module
-            if mod in names:
-                if isinstance(mod, _LAYERS) or (isinstance(mod, _BN) and mod.running_var is not None):
-                    found[mod] = found.get(mod, True) and whole and not isinstance(mod, _BN)
-                elif isinstance(mod, nn.PReLU):
-                    stack.append((out, whole))
-                else:
-                    return {}, f"{names[mod]} ({type(mod).__name__}) follows"
-            elif out.type == OPTYPE.CONCAT:
-                stack.append((out, False))
-            elif _passes(out) or (_is_add(out) and all(_scaled(i, gates, names, memo) for i in out.inputs)):
-                stack.append((out, whole))
-            else:
-                return {}, f"a {_op_name(out)} follows"
-    return found, ""
-
-
-def _width(m: nn.Module) -> int:
-    """Output channels of a gate point."""
-    for attr in ("out_channels", "out_features", "num_features", "num_parameters"):
-        if isinstance(getattr(m, attr, None), int):
-            return getattr(m, attr)
-    return -1
-
-
-def _span(group: ChannelGroup, module: nn.Module, role: str) -> torch.Tensor | None:
-    spans = [s.local for s in group.spans if s.module is module and s.role == role]
-    return spans[0] if len(spans) == 1 else None
-
-
-def plan_placement(graph, group: ChannelGroup, names: dict) -> Placement:
-    """Where ``group``'s scale goes: downstream if every consumer can take it exactly, else its producers."""
-    gates = {s.module: len(s.local) == _width(s.module) for s in _gate_spans(group)}
-    found, why = _reached(graph, gates, names)
-    norms, weights = [], []
-    for layer, whole in found.items():
-        if isinstance(layer, _BN):  # a norm reading the scaled channels directly (e.g. after a concat)
-            channels = _span(group, layer, "out")
-            if channels is None:
-                why = f"{names[layer]} reads the channels in a way attnprune cannot map"
-                break
-            norms.append((layer, channels, None))
-            continue
-        norm = sole_norm_after(graph, layer) if whole else None
-        if isinstance(norm, _BN) and norm.running_var is not None:
-            norms.append((norm, None, layer))
-            continue
-        channels = None if whole else _span(group, layer, "in")
-        if not whole and (channels is None or getattr(layer, "groups", 1) > 1):
-            why = f"{names[layer]} mixes the channels with others"
-            break
-        weights.append((layer, channels))
-    if why:
-        return Placement(producers=tuple(group.gate_names), why=why)
-    return Placement(norms=tuple(norms), weights=tuple(weights))
+# -- applying a_g where the scale flow says it can go -----------------------------------
+def _describe(flow: ScaleFlow, names: dict) -> dict:
+    """Plain description of one group's placement for ``report()``."""
+    if flow.gates:
+        return {"producers": list(flow.gates), "why": flow.why}
+    return {"norm_statistics": [names[n] for n, _, _ in flow.norms], "weights": [names[m] for m, _ in flow.weights]}
 
 
 def rescale_statistics(norm: nn.Module, a: float, channels: torch.Tensor | None, conv: nn.Module | None) -> None:
@@ -439,10 +298,6 @@ def scale_inputs(layer: nn.Module, a: float, channels: torch.Tensor | None) -> N
         w[:, channels] *= a
 
 
-def _gate_spans(group: ChannelGroup):
-    return [s for s in group.spans if s.role == "out" and s.name in group.gate_names]
-
-
 def _takes_scale(m: nn.Module) -> bool:
     """Whether a gate point can take a scale of its output channels in its own parameters."""
     transposed = isinstance(m, nn.modules.conv._ConvNd) and m.transposed
@@ -451,12 +306,12 @@ def _takes_scale(m: nn.Module) -> bool:
 
 def unfoldable(group: ChannelGroup) -> list[str]:
     """The group's gate points that cannot take the scale (a norm without affine parameters ...)."""
-    return [s.name for s in _gate_spans(group) if not _takes_scale(s.module)]
+    return [s.name for s in gate_spans(group) if not _takes_scale(s.module)]
 
 
 def fold_into_producers(group: ChannelGroup, a: float) -> None:
     """Multiply the group's gate points' output channels (weight and bias) by ``a`` (see :func:`unfoldable`)."""
-    for s in _gate_spans(group):
+    for s in gate_spans(group):
         m = s.module
         if not _takes_scale(m):
             continue
