@@ -324,3 +324,31 @@ def test_lambda_controller_holds_for_the_end_of_the_phase(control):
         assert all(s == pytest.approx(1.05) or s == pytest.approx(1 / 1.05) for s in steps)
     method.detach()
     inst.remove()
+
+
+def test_ramped_mask_updates_close_channels_gradually():
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1)
+    loader = _data()
+    inst = attnprune.instrument(model, next(iter(loader))[0][:1])
+    method = get_method("paam")(warmup_epochs=0, cnn_epochs=2, mask_update="ramp")
+    runner = Runner(loader=loader, loss_fn=nn.functional.cross_entropy, progress=False)
+    method.attach(inst, Budget(0.5), Context(steps_per_epoch=runner.steps_in_epoch()))
+    an, cnn = method.phases()
+    runner.run(model, an, method)
+    removed = []
+    update = method.before_step
+
+    def spy(phase, step):
+        update(phase, step)
+        removed.append(inst.cost.removed(inst.masks(), "params"))
+
+    method.before_step = spy
+    runner.run(model, cnn, method)
+    half = runner.steps_in_epoch()  # 8 steps in the phase: the ramp reaches the budget at step 4
+    assert len(removed) == 2 * half
+    assert removed[0] < 0.2 and all(a <= b + 0.02 for a, b in zip(removed[:half], removed[1:half]))
+    assert all(abs(r - 0.5) <= 0.01 for r in removed[half - 1:])
+    inst.remove()
+    with pytest.raises(ValueError, match="mask_update"):
+        get_method("sbf")(mask_update="ramp")

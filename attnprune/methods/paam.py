@@ -52,7 +52,7 @@ import torch.nn as nn
 
 from .._batch import call_model
 from .._modes import eval_mode
-from ..core.budget import select_channels
+from ..core.budget import BudgetResult, ramp, select_channels
 from ..core.filters import filter_rows
 from ..core.groups import ChannelGroup
 from .base import Phase, PruningMethod, TrainConfig, register_method
@@ -61,7 +61,7 @@ from .options import option
 __all__ = ["PAAMConfig", "PAAMMethod", "leaky_exp", "AttentionNet", "an_input"]
 
 VARIANTS = ("auto", "vanilla", "kq")
-MASK_UPDATES = ("phase", "step")
+MASK_UPDATES = ("phase", "step", "ramp")
 COST_WEIGHTS = ("target", "sqrt", "uniform", "area")
 NORMALIZERS = ("none", "mean", "max")
 LAM_CONTROLS = ("step", "pi")
@@ -158,7 +158,10 @@ class PAAMConfig(TrainConfig):
         travel: How far (in logit units) the automatic ``an_lr`` lets a score move
             in one AN phase; 6 takes a score from 1 to below 0.01.
         mask_update: Binary masks in CNN phases recomputed once per ``"phase"`` or
-            every ``"step"`` (the filters, hence the scores, change as the CNN trains).
+            every ``"step"`` (the filters, hence the scores, change as the CNN trains),
+            or every step with the budget ramping linearly from 0 to ``ratio`` over the
+            first half of each CNN phase (``"ramp"``: gradual pruning, as torch-pruning's
+            iterative schedule, so the network recovers while channels close).
         cost_weight: Weight of each channel in the L1 term: its cost in ``target``
             (``"target"``, the generalised FLOPs balancing), the square root of that
             cost (``"sqrt"``), 1 (``"uniform"``, plain L1), or the area of the
@@ -290,12 +293,34 @@ class PAAMMethod(PruningMethod):
             if self.lam is None:
                 self.lam = self.calibrate_lam()
         elif phase.gates == "binary":
-            self.inst.set_masks(self.select().masks)
+            ramped = self.config.mask_update == "ramp"
+            self.inst.set_masks((self.select(0.0) if ramped else self.select()).masks)
         self.inst.mode = phase.gates
 
     def before_step(self, phase: Phase, step: int) -> None:
-        if phase.gates == "binary" and self.config.mask_update == "step" and step > 0:
+        if phase.gates != "binary":
+            return
+        how = self.config.mask_update
+        if how == "step" and step > 0:
             self.inst.set_masks(self.select().masks)
+        elif how == "ramp":
+            self.inst.set_masks(self.select(self.ramp_ratio(phase, step)).masks)
+
+    def ramp_ratio(self, phase: Phase, step: int) -> float:
+        """The budget at CNN-phase ``step`` under ``mask_update="ramp"`` (full from half the phase on)."""
+        total = (self.context.steps_per_epoch or 0) * phase.epochs
+        return ramp(self.budget.ratio, step + 1, total // 2)
+
+    def select(self, ratio: float | None = None) -> BudgetResult:
+        """Keep-masks meeting the budget (or ``ratio`` of it, during a ramp) from :meth:`scores`."""
+        b = self.budget
+        if ratio is not None and ratio < b.ratio:
+            if ratio <= 0:
+                masks = [torch.ones(g.n_channels, dtype=torch.bool) for g in self.inst.groups]
+                return BudgetResult(masks, 0.0, *self.inst.cost.count(masks), threshold=float("-inf"))
+            return select_channels(self.inst.cost, self.scores(), ratio, b.target, round_to=b.round_to,
+                                   normalize=self.normalize)
+        return super().select()
 
     def regularizer(self, phase: Phase):
         if phase.gates != "analog" or not self.lam:

@@ -30,10 +30,13 @@ class SbFConfig(PAAMConfig):
     Attributes:
         variant: Always ``"vanilla"``: SbF-Pruner's attention over ``vec(F)``.
         threshold: Channels whose score is at least this stay (the paper's 0.5).
+        mask_update: ``"phase"`` or ``"step"`` (PAAM's ``"ramp"`` ramps a budget, which
+            SbF's fixed threshold does not have).
     """
 
     variant: str = option("vanilla", choices=("vanilla",))
     threshold: float = option(0.5, low=0, high=1, low_open=True, high_open=True)
+    mask_update: str = option("phase", choices=("phase", "step"))  # a budget ramp has no meaning at a fixed threshold
 
 
 @register_method("sbf")
