@@ -29,7 +29,8 @@ BASELINES = ("l1", "taylor", "taylor-iterative", "slim")
 #: Passes of the warm-up start (PAAM's from-scratch use).
 WARMUP_PASSES = 2
 #: Training options every baseline runs with, written out (today's defaults).
-PINNED = dict(lr=0.05, finetune_lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=5e-4, steps_per_epoch=None)
+PINNED = dict(lr=0.05, finetune_lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=5e-4, steps_per_epoch=None,
+              distill=False)
 PINNED_METHOD = {
     "l1": {},
     "random": {},

@@ -116,14 +116,15 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                         "no weights are downloaded")
     add("--pretrained", dest="trained", action="store_true",
                    help="deprecated alias of --trained")
-    add("--distill", action="store_true",
+    add("--distill", action=argparse.BooleanOptionalAction, default=None,
         help="distil from the network as it is when the first method phase starts (after the warm-up), "
              "frozen: the CNN's phases and fine-tuning minimise (1-W)*task + W*T^2*KL of the softened "
-             "logits (Hinton et al. 2015); off by default")
+             "logits (Hinton et al. 2015). Default: on when the model returns class logits; "
+             "--no-distill turns it off")
     add("--distill-temperature", type=float, metavar="T",
-        help="with --distill: the temperature T > 0 softening both logits (default: 4)")
+        help="the distillation temperature T > 0 softening both logits (default: 4)")
     add("--distill-weight", type=float, metavar="W",
-        help="with --distill: the soft-target term's weight W in [0, 1] (default: 0.5)")
+        help="the soft-target term's weight W in [0, 1] (default: 0.5)")
     add("--seed", type=nonneg_int, default=0, help="default: %(default)s")
     add("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     add("--checkpoint-dir", metavar="DIR",

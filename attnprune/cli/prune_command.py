@@ -153,17 +153,19 @@ def _say_resume(args: argparse.Namespace) -> None:
 
 
 def distillation(args: argparse.Namespace):
-    """``--distill`` with its temperature and weight as :class:`attnprune.Distillation`, or None."""
+    """``--distill``/``--no-distill`` and the values as :class:`attnprune.Distillation`, ``"auto"`` or None."""
     from ..errors import DistillationError
-    from ..train.distill import Distillation
+    from ..train.distill import AUTO, Distillation
 
     given = {k: v for k, v in (("temperature", args.distill_temperature), ("weight", args.distill_weight))
              if v is not None}
-    if not args.distill:
+    if args.distill is False:
         if given:
             flags = " and ".join(f"--distill-{k}" for k in given)
-            raise CLIError(f"{flags} given without --distill; add --distill (or leave {flags} out)")
+            raise CLIError(f"{flags} given with --no-distill; drop --no-distill (or leave {flags} out)")
         return None
+    if args.distill is None and not given:
+        return AUTO
     try:
         return Distillation(**given)
     except DistillationError as exc:

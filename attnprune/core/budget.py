@@ -17,7 +17,9 @@ Rules:
     * a grouped convolution's keep pattern is chosen once and repeated, ranked by
       its mean score over the conv groups;
     * with ``round_to=k`` each group keeps a multiple of ``k`` channels (or all of
-      them): the rounding is part of the search, never applied afterwards.
+      them): the rounding is part of the search, never applied afterwards; where
+      the global order reaches the ratio only in coarse jumps, single groups then
+      move by one step towards it (at most four moves, the least-scored first).
 
 Normalisation: scores of different groups are made comparable by dividing each
 group's scores by their mean (``normalize="mean"``), the scheme torch-pruning
@@ -49,6 +51,8 @@ __all__ = ["BudgetResult", "select_channels", "normalize_scores", "TARGETS", "ch
            "check_reachable"]
 
 NORMALIZERS = (None, "mean", "max")
+#: With ``round_to > 1``, a result further than this from the ratio is refined group by group (``_Search.refine``).
+REFINE_WITHIN = 0.005
 
 
 def check_ratio(ratio) -> float:
@@ -171,23 +175,64 @@ class _Search:
         self.cand = cand
         self.cand_group = torch.tensor([gi for _, gi, _ in cand], dtype=torch.long)
 
-    def masks_for(self, k: int) -> list[torch.Tensor]:
+    def kept_for(self, k: int) -> list[int]:
+        """Kept units per group (rounded) with the first ``k`` candidates closed."""
         closed_units = torch.bincount(self.cand_group[:k], minlength=len(self.units)).tolist()
+        return [round_kept(len(u) - c, len(u), st) for u, c, st in zip(self.units, closed_units, self.step)]
+
+    def masks_kept(self, kept: list[int]) -> list[torch.Tensor]:
         masks = []
         for gi, (g, u) in enumerate(zip(self.cost.groups, self.units)):
-            n_units = len(u)
-            kept = round_kept(n_units - closed_units[gi], n_units, self.step[gi])
-            keep_units = torch.zeros(n_units, dtype=torch.bool)
-            keep_units[self.order[gi][:kept]] = True
+            keep_units = torch.zeros(len(u), dtype=torch.bool)
+            keep_units[self.order[gi][:kept[gi]]] = True
             masks.append(keep_units.repeat(g.ch_groups))
         return masks
 
+    def masks_for(self, k: int) -> list[torch.Tensor]:
+        return self.masks_kept(self.kept_for(k))
+
     def ratio_for(self, k: int) -> tuple[float, list[torch.Tensor], tuple[int, int]]:
-        masks = self.masks_for(k)
+        return self.ratio_kept(self.kept_for(k))
+
+    def ratio_kept(self, kept: list[int]) -> tuple[float, list[torch.Tensor], tuple[int, int]]:
+        masks = self.masks_kept(kept)
         counts = self.cost.count(masks)
         if self.measure is not None:
             return float(self.measure.removed_fraction(masks)), masks, counts
         return 1.0 - self.cost.of(counts, self.target) / self.dense, masks, counts
+
+    def refine(self, kept: list[int], ratio: float, moves: int = 4):
+        """Move single groups by one rounding step while that brings the ratio closer to ``ratio``.
+
+        With coarse rounding the global closing order reaches the ratio in jumps
+        (closing one unit of a 64-channel group with ``round_to=16`` changes its
+        kept count by 16 only every 16th candidate), so the nearest point on it can
+        miss by several points. Each move opens or closes one step of one group:
+        the move leaving the smallest error (to 0.1 point) wins, ties going to the
+        move that closes the lowest-scored units or opens the highest-scored ones.
+        """
+        r, masks, counts = self.ratio_kept(kept)
+        for _ in range(moves):
+            if abs(r - ratio) <= REFINE_WITHIN:
+                break
+            best = None
+            for gi, (u, st) in enumerate(zip(self.units, self.step)):
+                for new in (kept[gi] - st, kept[gi] + st, len(u)):
+                    if new == kept[gi] or new < self.min_units[gi] or new > len(u) or (new % st and new != len(u)):
+                        continue
+                    trial = [*kept[:gi], new, *kept[gi + 1:]]
+                    r2, m2, c2 = self.ratio_kept(trial)
+                    if abs(r2 - ratio) >= abs(r - ratio):
+                        continue
+                    lo, hi = sorted((new, kept[gi]))
+                    changed = float(u[self.order[gi][lo:hi]].sum())
+                    key = (round(abs(r2 - ratio), 3), changed if new < kept[gi] else -changed)
+                    if best is None or key < best[0]:
+                        best = (key, trial, r2, m2, c2)
+            if best is None:
+                break
+            _, kept, r, masks, counts = best
+        return r, masks, counts
 
     def top_ratio(self) -> float:
         """The ratio with every closable unit closed."""
@@ -302,5 +347,7 @@ def select_channels(
         if best is None or abs(r - ratio) < abs(best[0] - ratio):
             best = (r, m, c, k)
     r, masks, counts, k = best
+    if round_to and round_to > 1 and abs(r - ratio) > REFINE_WITHIN:
+        r, masks, counts = search.refine(search.kept_for(k), ratio)
     threshold = search.cand[k - 1][0] if k > 0 else float("-inf")
     return BudgetResult(masks=masks, ratio=r, params=counts[0], macs=counts[1], threshold=threshold)

@@ -39,7 +39,7 @@ from .amp import check_amp
 from .batches import check_batch_fn, map_loader, resolve_batch_fn
 from .callbacks import resolve_callbacks
 from .checkpoint import Checkpointer
-from .distill import Distillation, Distiller, check_distillable, resolve_distill
+from .distill import AUTO, Distillation, Distiller, auto_distillation, check_distillable, resolve_distill
 from .dry_run import DryRunReport, dry_run as plan_run
 from .fingerprint import ignored_names, run_fingerprint
 from .finish import build_result
@@ -86,7 +86,7 @@ def prune(
     callbacks: Iterable[Callable] | None = None,
     on_epoch_end: Callable | None = None,
     amp: str | None = None,
-    distill: bool | Distillation | None = None,
+    distill: bool | str | Distillation | None = AUTO,
     dry_run: bool = False,
     **options: Any,
 ) -> PruneResult | DryRunReport:
@@ -194,8 +194,10 @@ def prune(
             the pruned-equals-gated check run in float32. See :mod:`attnprune.train.amp`.
         distill: Knowledge distillation (Hinton et al., 2015) from the network as
             it is when the first method phase starts (after the warm-up), frozen:
-            None or False (default) off; True: ``Distillation()`` (temperature 4,
-            weight 0.5); or ``attnprune.Distillation(temperature=T, weight=w)``.
+            ``"auto"`` (default): ``Distillation()`` when ``loss_fn`` is the default
+            and the model returns class logits, else off; None or False: off;
+            True: ``Distillation()`` (temperature 4, weight 0.5); or
+            ``attnprune.Distillation(temperature=T, weight=w)``.
             The phases that train the CNN (not the warm-up, not attention-only
             phases) and fine-tuning then minimise ``(1-w)·loss_fn + w·T²·KL``
             of the softened logits (the history's ``loss`` is that objective);
@@ -249,6 +251,7 @@ def prune(
     limits = GroupLimits(min_keep, max_group_ratio)
     trained = checks.resolve_trained(trained, pretrained)
     config = _trained_lr(make_config(method_cls, options), options, trained)
+    custom_loss = loss_fn is not None
     loss_fn = checks.resolve_loss_fn(loss_fn)
     checks.check_seed(seed)
     checks.check_resume(resume, checkpoint_dir)
@@ -280,7 +283,9 @@ def prune(
 
     work = copy.deepcopy(model).to(device)
     checks.check_feeds(work, example_inputs, explicit, first_x, first_y, loss_fn, device)
-    if distill is not None:
+    if distill == AUTO:
+        distill = auto_distillation(work, example_inputs, custom_loss)
+    elif distill is not None:
         check_distillable(work, example_inputs)
     if eval_loader is not None:
         data_checks.check_eval_loader(eval_loader, work, device, eval_metric)
