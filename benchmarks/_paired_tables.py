@@ -83,9 +83,21 @@ def _sd(rows, field):
     return statistics.stdev(r[field] for r in rows) if len(rows) > 1 else float("nan")
 
 
-def best_baseline(arms: dict[str, list[dict]]) -> str | None:
-    """The baseline with the best mean top-1 in a cell (None when no baseline ran)."""
-    present = [b for b in BASELINES if arms.get(b)]
+def distilled(rows: list[dict]) -> bool:
+    """Whether an arm's rows were trained with distillation (``prune(distill=...)`` recorded on)."""
+    return bool(rows) and all(r.get("distill") for r in rows if r.get("ratio") is not None)
+
+
+def best_baseline(arms: dict[str, list[dict]], with_distill: bool = False) -> str | None:
+    """The baseline with the best mean top-1 in a cell (None when no baseline ran).
+
+    ``with_distill``: among the distilled baseline arms (any arm name whose rows run a
+    baseline method with distillation) instead of the plain ones.
+    """
+    if with_distill:
+        present = [a for a, rs in arms.items() if distilled(rs) and rs[0].get("method") in BASELINES]
+    else:
+        present = [b for b in BASELINES if arms.get(b)]
     return max(present, key=lambda b: _mean(arms[b], "accuracy")) if present else None
 
 
@@ -113,20 +125,26 @@ def cell_tables(key: tuple, arms: dict[str, list[dict]], primary: bool = False) 
                      f"{_mean(rs, 'passes'):g} | {_mean(rs, 'cnn_steps'):.0f} | {_mean(rs, 'seconds'):.0f} |")
     lines += ["", "| arm | against | pairs | mean diff (points) | sd | 95% interval | ± half-width | W/T/L | verdict |",
               "|:--|:--|--:|--:|--:|:--|--:|:--|:--|"]
-    refs = [(best, "best baseline"), ("random", "random"), ("ceiling", "ceiling"), ("default", "default")]
+    best_kd = best_baseline(arms, with_distill=True)
+    refs = [(best, "best baseline"), (best_kd, "best distilled baseline"), ("random", "random"),
+            ("ceiling", "ceiling"), ("default", "default")]
     for a in order:
         for ref, label in refs:
             if ref is None or ref == a or ref not in arms:
                 continue
+            if label == "best distilled baseline" and not distilled(arms[a]):
+                continue  # a distilled arm is compared with the best baseline under the same distillation
             if ref == "default" and (a in BASELINES or a in ("random", "ceiling")):
                 continue  # tuning variants are also paired with the default arm they change
             c = pair(arms[a], arms[ref])
-            name = f"{label} ({ref})" if label == "best baseline" else label
+            name = f"{label} ({ref})" if label.startswith("best") else label
             if c is None:
                 lines.append(f"| {a} | {name} | <2 | | | | | | not enough pairs |")
                 continue
             lines.append(f"| {a} | {name} | {c.n} | {c.mean:+.2f} | {c.sd:.2f} | [{c.low:+.2f}, {c.high:+.2f}] | "
                          f"{c.half_width:.2f} | {c.wins}/{c.ties}/{c.losses} | **{c.verdict}** |")
+    if primary and best_kd is not None and "default" in arms and distilled(arms["default"]):
+        best = best_kd  # the primary comparison: the same distillation setting on both sides
     if primary and best is not None and "default" in arms:
         c = pair(arms["default"], arms[best])
         if c is not None:
@@ -136,7 +154,7 @@ def cell_tables(key: tuple, arms: dict[str, list[dict]], primary: bool = False) 
             more = (f"above {PRIMARY_HALF_WIDTH}: add seeds to this cell (up to 10), e.g. `python "
                     f"benchmarks/quality.py --ratios {ratio:g} --seeds {seeds}`"
                     if c.half_width > PRIMARY_HALF_WIDTH else f"within the aimed {PRIMARY_HALF_WIDTH}")
-            lines += ["", f"Primary cell: half-width of default vs best baseline {c.half_width:.2f} points over "
+            lines += ["", f"Primary cell: half-width of default vs best baseline ({best}) {c.half_width:.2f} points over "
                           f"{n} seeds, {more}."]
     return lines + [""]
 

@@ -165,7 +165,7 @@ def test_paired_tables_known_verdicts():
     for r in recs:
         r["grid"] = "gating"
     text = "\n".join(tables.render_file("synthetic", recs))
-    assert "Primary cell: half-width of default vs best baseline 1.30 points over 4 seeds, above 0.5" in text
+    assert "Primary cell: half-width of default vs best baseline (l1) 1.30 points over 4 seeds, above 0.5" in text
     assert "--ratios 0.7 --seeds 4 5 6 7 8 9`" in text
 
 
@@ -215,3 +215,21 @@ def test_tuning_variants_are_paired_with_the_default_arm():
     text = "\n".join(tables.render_file("synthetic", recs))
     assert "| pm | default | 4 | +1.00 | 0.00 |" in text
     assert "| l1 | default |" not in text and "| default | default |" not in text
+
+
+def test_a_distilled_default_is_paired_with_the_best_distilled_baseline():
+    tables = _load("_paired_tables")
+    recs = []
+    for r in _synthetic():
+        if r.get("arm") == "default":
+            r = dict(r, distill={"temperature": 4.0, "weight": 0.5})
+        recs.append(dict(r, grid="gating"))
+    recs += [dict(_row("l1kd", seed, acc), method="l1", distill={"temperature": 4.0, "weight": 0.5}, grid="gating")
+             for seed, acc in enumerate([71, 70, 70, 68])]  # default - l1kd = [1, 0.5, 1, 1]
+    for r in recs:
+        if r.get("arm") in ("l1", "taylor"):
+            r["method"] = r["arm"]
+    text = "\n".join(tables.render_file("synthetic", recs))
+    assert "| default | best distilled baseline (l1kd) | 4 | +0.88 |" in text
+    assert "| l1 | best distilled baseline" not in text  # plain arms keep the plain comparison only
+    assert "Primary cell: half-width of default vs best baseline (l1kd)" in text
