@@ -154,8 +154,8 @@ def cell_tables(key: tuple, arms: dict[str, list[dict]], primary: bool = False) 
             more = (f"above {PRIMARY_HALF_WIDTH}: add seeds to this cell (up to 10), e.g. `python "
                     f"benchmarks/quality.py --ratios {ratio:g} --seeds {seeds}`"
                     if c.half_width > PRIMARY_HALF_WIDTH else f"within the aimed {PRIMARY_HALF_WIDTH}")
-            lines += ["", f"Primary cell: half-width of default vs best baseline ({best}) {c.half_width:.2f} points over "
-                          f"{n} seeds, {more}."]
+            lines += ["", f"Primary cell: half-width of default vs best baseline ({best}) {c.half_width:.2f} "
+                          f"points over {n} seeds, {more}."]
     return lines + [""]
 
 
