@@ -68,10 +68,11 @@ def test_bad_settings_raise_clearly(kwargs, match):
 
 def test_resolve_distill():
     assert resolve_distill(None) is None and resolve_distill(False) is None
+    assert resolve_distill("auto") == "auto"
     assert resolve_distill(True) == Distillation(temperature=4.0, weight=0.5)
     d = Distillation(temperature=2, weight=1)
     assert resolve_distill(d) is d and d.temperature == 2.0 and isinstance(d.weight, float)
-    with pytest.raises(attnprune.DistillationError, match=r"distill must be None, False, True or .*got str"):
+    with pytest.raises(attnprune.DistillationError, match=r"distill must be 'auto', None, False, True or .*got str"):
         resolve_distill("yes")
 
 
@@ -79,7 +80,7 @@ def test_bad_distill_fails_before_training_and_leaves_the_model_alone():
     model = make_model()
     snap = snapshot(model)
     for bad in ({"weight": 0.5}, "yes", 1):
-        with pytest.raises(attnprune.DistillationError, match=r"distill must be None, False, True or "):
+        with pytest.raises(attnprune.DistillationError, match=r"distill must be 'auto', None, False, True or "):
             attnprune.prune(model, make_loader(), 0.5, method="l1", progress=False, distill=bad)
     assert_unchanged(model, snap)
 
@@ -341,8 +342,10 @@ def _args(*flags):
 def test_cli_distill_flags():
     from attnprune.cli.prune_command import distillation
 
-    assert distillation(_args()) is None
+    assert distillation(_args()) == "auto"
+    assert distillation(_args("--no-distill")) is None
     assert distillation(_args("--distill")) == Distillation()
+    assert distillation(_args("--distill-weight", "0.25")) == Distillation(weight=0.25)  # a value implies on
     assert distillation(_args("--distill", "--distill-temperature", "2", "--distill-weight", "1")) == \
         Distillation(temperature=2.0, weight=1.0)
 
@@ -350,7 +353,7 @@ def test_cli_distill_flags():
 @pytest.mark.parametrize("flags, message", [
     (["--distill", "--distill-weight", "1.5"], "--distill-weight must lie in [0, 1], got 1.5"),
     (["--distill", "--distill-temperature", "0"], "--distill-temperature must be > 0, got 0.0"),
-    (["--distill-temperature", "2"], "--distill-temperature given without --distill; add --distill"),
+    (["--no-distill", "--distill-temperature", "2"], "--distill-temperature given with --no-distill"),
 ])
 def test_cli_bad_distill_flags_exit_2_before_loading_data(tmp_path, capsys, flags, message):
     rc = cli.main(["prune", "--method", "l1", "--out", str(tmp_path / "o"), *flags])
@@ -421,3 +424,18 @@ def test_dry_run_with_distill_trains_nothing(capsys):
                            **SCHEDULES["l1"])
     assert [p.name for p in plan.phases] == ["warmup", "finetune"]
     assert_unchanged(model, snap)
+
+
+def test_auto_distills_class_logits_with_the_default_loss_only():
+    from attnprune.train.distill import auto_distillation
+
+    x = torch.randn(2, 1, 8, 8)
+    assert auto_distillation(make_model(), x, custom_loss=False) == Distillation()
+    assert auto_distillation(make_model(), x, custom_loss=True) is None  # a user's loss: KL may not fit the task
+    assert auto_distillation(TwoHeads(), x, custom_loss=False) is None  # tuple outputs
+    assert auto_distillation(OneLogit(classes=1), x, custom_loss=False) is None  # one logit
+    res = attnprune.prune(make_model(), make_loader(), 0.5, method="l1", progress=False, finetune_epochs=1)
+    assert res.report.distill is not None and res.report.distill["weight"] == 0.5  # on by default
+    res = attnprune.prune(make_model(), make_loader(), 0.5, method="l1", progress=False, finetune_epochs=1,
+                          loss_fn=nn.functional.cross_entropy)
+    assert res.report.distill is None
