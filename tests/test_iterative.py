@@ -160,7 +160,7 @@ def test_resume_mid_phase_equals_uninterrupted(result, tmp_path):
     # loss calls: 1 argument check; epoch 1 of "iterative": 4 steps x (2 Taylor batches + 1 train) = 12;
     # call 15 lies in its second epoch, after every pruning step: resumes from the epoch-1 checkpoint
     with pytest.raises(KeyboardInterrupt):
-        run(loss_fn=Interrupting(15), checkpoint_dir=tmp_path)
+        run(loss_fn=Interrupting(15), checkpoint_dir=tmp_path, distill=True)  # as "auto" gives on resume
     saved = load_checkpoint(tmp_path)
     assert (saved["stage"], saved["phase"], saved["epoch"]) == ("train", 0, 1)
     assert saved["method"]["attr.steps_done"] == 4
