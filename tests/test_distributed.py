@@ -85,8 +85,8 @@ def _worker(rank: int, port: int, out: str) -> None:
         # interrupted on every rank in the second warm-up epoch (calls: 1 check, 2-7 and 8-13 warm-up),
         # resumed mid-phase (optimiser, scheduler and per-rank random states)
         try:
-            attnprune.prune(make_model(), loader, 0.5, loss_fn=Interrupting(10),
-                            checkpoint_dir=os.path.join(out, "cut"), **kw)
+            attnprune.prune(make_model(), loader, 0.5, loss_fn=Interrupting(10),  # "auto" is off for a loss_fn
+                            checkpoint_dir=os.path.join(out, "cut"), distill=True, **kw)
             interrupted = False
         except KeyboardInterrupt:
             interrupted = True
