@@ -315,8 +315,11 @@ class PAAMMethod(PruningMethod):
 
     def ramp_ratio(self, phase: Phase, step: int) -> float:
         """The budget at CNN-phase ``step`` under ``mask_update="ramp"`` (full from half the phase on)."""
-        total = (self.context.steps_per_epoch or 0) * phase.epochs
-        return ramp(self.budget.ratio, step + 1, total // 2)
+        return ramp(self.budget.ratio, step + 1, self.phase_steps(phase) // 2)
+
+    def phase_steps(self, phase: Phase) -> int:
+        """Optimiser steps in ``phase`` (0 when the loader's length is unknown)."""
+        return (self.context.steps_per_epoch or 0) * phase.epochs
 
     def select(self, ratio: float | None = None) -> BudgetResult:
         """Keep-masks meeting the budget (or ``ratio`` of it, during a ramp) from :meth:`scores`."""
@@ -339,7 +342,7 @@ class PAAMMethod(PruningMethod):
         if phase.gates != "analog" or self.config.lam is not None:
             return
         c = self.config
-        total = (self.context.steps_per_epoch or 0) * phase.epochs
+        total = self.phase_steps(phase)
         if c.lam_hold and total and step >= (1 - c.lam_hold) * total:
             self.lam_history.append(self.lam)  # held for the end of the phase
             return
