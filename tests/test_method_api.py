@@ -92,6 +92,20 @@ def test_the_scores_rank_the_channels(registered):
     inst.remove()
 
 
+def test_select_at_another_ratio_is_the_budget_selection_at_that_ratio(registered):
+    inst = attnprune.instrument(ToyCNN(), torch.randn(2, 3, 16, 16))
+    method = registered(power=1.0)
+    method.attach(inst, attnprune.Budget(0.5))
+    try:
+        assert all(bool(m.all()) for m in method.select_at(0.0).masks)  # a ramp's start keeps everything
+        small, full = method.select_at(0.2), method.select()
+        assert abs(small.ratio - 0.2) <= tolerance(None) and abs(full.ratio - 0.5) <= tolerance(None)
+        assert sum(int(m.sum()) for m in small.masks) > sum(int(m.sum()) for m in full.masks)
+    finally:
+        method.detach()
+        inst.remove()
+
+
 def test_the_test_method_is_unregistered_afterwards():
     assert NAME not in attnprune.available_methods()
 

@@ -125,7 +125,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..core.budget import BudgetResult, check_reachable, ramp, select_channels
+from ..core.budget import BudgetResult, check_reachable, ramp
 from ..core.filters import filter_l1
 from .abp_gates import BinaryGate, ReluPassAtZero, binary_gate, relu_pass_hooks
 from .base import Phase, PruningMethod, TrainConfig, register_method
@@ -365,12 +365,7 @@ class ABPMethod(PruningMethod):
         ratio = self.ratio_at(self.step)
         self.current_ratio = ratio
         scores = self.scores()
-        if ratio <= 0:
-            masks = [torch.ones(g.n_channels, dtype=torch.bool) for g in self.inst.groups]
-            params, macs = self.inst.cost.count(masks)
-            sel = BudgetResult(masks, 0.0, params, macs, float("-inf"))
-        else:
-            sel = select_channels(self.inst.cost, scores, ratio, b.target, round_to=b.round_to, normalize=None)
+        sel = self.select_at(ratio)
         exceptions = 0
         for i, (s, keep) in enumerate(zip(scores, sel.masks)):
             closed = s[~keep]
@@ -443,8 +438,7 @@ class ABPMethod(PruningMethod):
             return BudgetResult(masks=masks, ratio=ratio, params=params, macs=macs, threshold=float("nan"))
         if self._selection is not None and self._selection_ratio == b.ratio:
             return self._selection  # the gates the network was trained with
-        return select_channels(self.inst.cost, self.scores(), b.ratio, b.target,
-                               round_to=b.round_to, normalize=None)
+        return self.select_at(b.ratio)
 
     def report(self) -> dict:
         c = self.config

@@ -68,7 +68,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..core.budget import BudgetResult, check_reachable, round_kept, round_step, select_channels, tolerance
+from ..core.budget import BudgetResult, check_reachable, round_kept, round_step, tolerance
 from ..core.filters import filter_l1
 from ..core.groups import ChannelGroup
 from ..core.scale_flow import ScaleFlow, gate_spans, scale_flow
@@ -204,7 +204,7 @@ class ASWLStructuredMethod(ASWLBase):
             return BudgetResult(masks=masks, ratio=ratio, params=params, macs=macs, threshold=1.0)
         # one beta cannot hit it (a coarse group): the global search on the rank scores can
         self.fallback = True
-        return select_channels(self.inst.cost, self.scores(), b.ratio, b.target, round_to=b.round_to, normalize=None)
+        return self.select_at(b.ratio)
 
     def report(self) -> dict:
         att = self.attention()

@@ -234,8 +234,20 @@ class PruningMethod(abc.ABC):
 
     def select(self) -> BudgetResult:
         """Keep-masks meeting the budget, from :meth:`scores`."""
+        return self.select_at(self.budget.ratio)
+
+    def select_at(self, ratio: float) -> BudgetResult:
+        """Keep-masks removing ``ratio`` of the budget's target, from :meth:`scores`.
+
+        For methods that prune in steps (a ramp, an iterative schedule): the budget's
+        target, rounding and the method's :attr:`normalize` with another ratio.
+        ``ratio <= 0`` keeps every channel.
+        """
         b = self.budget
-        return select_channels(self.inst.cost, self.scores(), b.ratio, b.target,
+        if ratio <= 0:
+            masks = [torch.ones(g.n_channels, dtype=torch.bool) for g in self.inst.groups]
+            return BudgetResult(masks, 0.0, *self.inst.cost.count(masks), threshold=float("-inf"))
+        return select_channels(self.inst.cost, self.scores(), ratio, b.target,
                                round_to=b.round_to, normalize=self.normalize)
 
     def report(self) -> dict:

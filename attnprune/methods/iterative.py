@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.budget import BudgetResult, select_channels
+from ..core.budget import BudgetResult
 from .base import Phase, register_method
 from .baselines import TaylorConfig, TaylorMethod
 from .options import option
@@ -113,7 +113,7 @@ class TaylorIterativeMethod(TaylorMethod):
         ratio = self.target_at(k)
         b = self.budget
         before = self.inst.masks()
-        sel = select_channels(self.inst.cost, self.scores(), ratio, b.target, round_to=b.round_to, normalize=None)
+        sel = self.select_at(ratio)
         masks = [new & old for new, old in zip(sel.masks, before)]
         if any(not torch.equal(m, n) for m, n in zip(masks, sel.masks)):  # a step too small to close more
             params, macs = self.inst.cost.count(masks)

@@ -59,7 +59,7 @@ import torch.nn as nn
 
 from .._batch import call_model
 from .._modes import eval_mode
-from ..core.budget import BudgetResult, ramp, select_channels
+from ..core.budget import ramp, select_channels
 from ..core.filters import filter_rows
 from ..core.groups import ChannelGroup
 from .base import Phase, PruningMethod, TrainConfig, register_method
@@ -301,7 +301,7 @@ class PAAMMethod(PruningMethod):
                 self.lam = self.calibrate_lam()
         elif phase.gates == "binary":
             ramped = self.config.mask_update == "ramp"
-            self.inst.set_masks((self.select(0.0) if ramped else self.select()).masks)
+            self.inst.set_masks((self.select_at(0.0) if ramped else self.select()).masks)
         self.inst.mode = phase.gates
 
     def before_step(self, phase: Phase, step: int) -> None:
@@ -311,7 +311,7 @@ class PAAMMethod(PruningMethod):
         if how == "step" and step > 0:
             self.inst.set_masks(self.select().masks)
         elif how == "ramp":
-            self.inst.set_masks(self.select(self.ramp_ratio(phase, step)).masks)
+            self.inst.set_masks(self.select_at(self.ramp_ratio(phase, step)).masks)
 
     def ramp_ratio(self, phase: Phase, step: int) -> float:
         """The budget at CNN-phase ``step`` under ``mask_update="ramp"`` (full from half the phase on)."""
@@ -320,17 +320,6 @@ class PAAMMethod(PruningMethod):
     def phase_steps(self, phase: Phase) -> int:
         """Optimiser steps in ``phase`` (0 when the loader's length is unknown)."""
         return (self.context.steps_per_epoch or 0) * phase.epochs
-
-    def select(self, ratio: float | None = None) -> BudgetResult:
-        """Keep-masks meeting the budget (or ``ratio`` of it, during a ramp) from :meth:`scores`."""
-        b = self.budget
-        if ratio is not None and ratio < b.ratio:
-            if ratio <= 0:
-                masks = [torch.ones(g.n_channels, dtype=torch.bool) for g in self.inst.groups]
-                return BudgetResult(masks, 0.0, *self.inst.cost.count(masks), threshold=float("-inf"))
-            return select_channels(self.inst.cost, self.scores(), ratio, b.target, round_to=b.round_to,
-                                   normalize=self.normalize)
-        return super().select()
 
     def regularizer(self, phase: Phase):
         if phase.gates != "analog" or not self.lam:
