@@ -36,11 +36,17 @@ def random_masks(groups, keep=0.5, seed=0):
     return masks
 
 
-def synthetic_loader(shape, n=64, batch=16, classes=10, seed=0):
-    """A loader of ``n`` random inputs of ``shape`` with random labels (not shuffled)."""
+def synthetic_loader(shape, n=64, batch=16, classes=10, seed=0, shuffle=False):
+    """A loader of ``n`` random inputs of ``shape`` with random labels.
+
+    ``shuffle=True`` shuffles with the loader's own generator (which the runner
+    reseeds per epoch), as a user's shuffling loader does.
+    """
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, *shape, generator=g)
     y = torch.randint(0, classes, (n,), generator=g)
+    if shuffle:
+        return DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, generator=torch.Generator())
     return DataLoader(TensorDataset(x, y), batch_size=batch)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import attnprune
 from attnprune import cli
@@ -23,7 +23,7 @@ from attnprune.train.checkpoint import load_checkpoint
 from attnprune.train.distill import Distillation, Distiller, resolve_distill, soft_target_loss
 from attnprune.train.runner import Runner
 
-from _util import Interrupting, assert_unchanged, count_hooks, snapshot
+from _util import Interrupting, assert_unchanged, count_hooks, snapshot, synthetic_loader
 
 SCHEDULES = {
     "l1": dict(warmup_epochs=1, finetune_epochs=1),
@@ -32,10 +32,7 @@ SCHEDULES = {
 
 
 def make_loader(n: int = 48):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 1, 16, 16, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator())
+    return synthetic_loader((1, 16, 16), n=n, shuffle=True)
 
 
 def make_model():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import attnprune
 from attnprune.methods import Budget, Context, get_method
@@ -20,10 +19,7 @@ ITER = dict(prune_steps=4, prune_epochs=2, ramp_fraction=0.5, finetune_epochs=1,
 
 
 def tiny_data(n=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 16, 16, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
-    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator())
+    return synthetic_loader((1, 16, 16), n=n, seed=seed, shuffle=True)
 
 
 def model():
