@@ -36,6 +36,7 @@ from attnprune.deploy.channels import machine_multiple  # noqa: E402
 from attnprune.deploy.latency_model import build_latency_model  # noqa: E402
 from attnprune.deploy.machine import cpu_model, vector_extensions  # noqa: E402
 from attnprune.deploy.ort_session import default_threads  # noqa: E402
+from attnprune.errors import BudgetError  # noqa: E402
 from attnprune.models import resnet20, resnet56  # noqa: E402
 
 from _common import write  # noqa: E402
@@ -86,8 +87,14 @@ def run_model(name: str, threads: int, arms, rounds: int) -> dict:
     models, reports = {"dense": dense}, {}
     for target, ratio in arms:
         arm = f"{target}-{ratio:g}"
-        res = attnprune.prune(dense, _loader(shape), ratio, method="l1", target=target, trained=True,
-                              finetune_epochs=0, latency_batch=batch, latency_threads=threads, progress=False, seed=0)
+        try:
+            res = attnprune.prune(dense, _loader(shape), ratio, method="l1", target=target, trained=True,
+                                  finetune_epochs=0, latency_batch=batch, latency_threads=threads, progress=False,
+                                  seed=0)
+        except BudgetError as exc:  # e.g. a latency ratio out of reach with the channel multiple "auto" chose
+            reports[arm] = {"target": target, "ratio": ratio, "unreachable": str(exc)}
+            print(f"{name:16s} {threads:2d} thr  {arm:12s} unreachable: {exc}", flush=True)
+            continue
         models[arm] = res.model.eval()
         r = res.report
         reports[arm] = {"target": target, "ratio": ratio, "ratio_achieved": r.ratio_achieved, "round_to": r.round_to,
@@ -114,6 +121,9 @@ def to_markdown(payload: dict) -> str:
              "| latency removed: predicted / measured |", "|:--|--:|--:|:--|--:|--:|--:|--:|--:|--:|"]
     for row in payload["rows"]:
         for arm, a in row["arms"].items():
+            if "unreachable" in a:
+                lines.append(f"| {row['model']} | {row['batch']} | {row['threads']} | {arm} | | unreachable | | | | |")
+                continue
             lat = (f"{a['latency']['predicted_removed']:.3f} / {a['measured_removed']:.3f}" if a["latency"] else "")
             lines.append(f"| {row['model']} | {row['batch']} | {row['threads']} | {arm} | {a['round_to']} | "
                          f"{a['ratio_achieved']:.3f} | {a['macs_ratio']:.2f} | {a['speedup']:.2f} "

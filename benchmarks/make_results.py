@@ -257,6 +257,11 @@ def _latency_defaults(f: dict) -> list[str]:
     for row in f["rows"]:
         name = row["model"]
         for arm, a in row["arms"].items():
+            if "unreachable" in a:  # refused by prune(): recorded with its reason, a missed target
+                why = a["unreachable"].split(";")[0]
+                lines.append(f"| {name} | {row['batch']} | {row['threads']} | {arm} | | | unreachable: {why} | | "
+                             "| refused by prune() (missed) |")
+                continue
             targets = []
             if a["target"] in ("params", "macs"):
                 floor = 0.8 if name in ("mobilenet_v2", "efficientnet_b0") else 0.9

@@ -233,3 +233,21 @@ def test_a_distilled_default_is_paired_with_the_best_distilled_baseline():
     assert "| default | best distilled baseline (l1kd) | 4 | +0.88 |" in text
     assert "| l1 | best distilled baseline" not in text  # plain arms keep the plain comparison only
     assert "Primary cell: half-width of default vs best baseline (l1kd)" in text
+
+
+def test_an_unreachable_latency_arm_is_recorded_and_rendered_as_missed():
+    reached = {"target": "params", "ratio": 0.5, "ratio_achieved": 0.5, "round_to": 16, "latency": None,
+               "macs_ratio": 2.0, "speedup": 1.9, "speedup_p10": 1.8, "speedup_p90": 2.0, "efficiency": 0.95,
+               "measured_removed": 0.47}
+    refused = {"target": "latency", "ratio": 0.5,
+               "unreachable": "ratio 0.500 of latency cannot be reached: the largest reachable ratio is 0.474; more"}
+    payload = {"format": 2, "cpu_model": "cpu", "vector_extensions": ["avx2"], "round_to_auto": 8, "rounds": 3,
+               "rows": [{"model": "cifar-resnet56", "batch": 32, "threads": 1, "latency_model": None,
+                         "arms": {"params-0.5": reached, "latency-0.5": refused}}]}
+    md = _load("latency").to_markdown(payload).splitlines()
+    assert md[-1] == "| cifar-resnet56 | 32 | 1 | latency-0.5 | | unreachable | | | | |"
+    assert md[-1].count("|") == md[0].count("|")
+    rows = [line for line in _load("make_results")._latency_defaults(payload) if line.startswith("| cifar")]
+    assert "efficiency ≥ 0.9 (met)" in rows[0]
+    assert "unreachable: ratio 0.500 of latency cannot be reached: the largest reachable ratio is 0.474" in rows[1]
+    assert rows[1].endswith("refused by prune() (missed) |") and rows[1].count("|") == rows[0].count("|")
