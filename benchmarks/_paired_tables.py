@@ -108,6 +108,8 @@ def _fmt(x, spec="+.2f"):
 #: Pre-declared primary cells of the gating grid (ratios of params) and the half-width they aim at.
 PRIMARY_RATIOS = (0.7, 0.9)
 PRIMARY_HALF_WIDTH = 0.5
+#: Seeds a primary cell may grow to when its half-width is above PRIMARY_HALF_WIDTH (the quality issue).
+MAX_SEEDS = 10
 
 
 def cell_tables(key: tuple, arms: dict[str, list[dict]], primary: bool = False) -> list[str]:
@@ -150,10 +152,15 @@ def cell_tables(key: tuple, arms: dict[str, list[dict]], primary: bool = False) 
         if c is not None:
             n = c.n
             nxt = max(r["seed"] for r in arms["default"]) + 1
-            seeds = " ".join(str(i) for i in range(nxt, nxt + 10 - n))
-            more = (f"above {PRIMARY_HALF_WIDTH}: add seeds to this cell (up to 10), e.g. `python "
-                    f"benchmarks/quality.py --ratios {ratio:g} --seeds {seeds}`"
-                    if c.half_width > PRIMARY_HALF_WIDTH else f"within the aimed {PRIMARY_HALF_WIDTH}")
+            seeds = " ".join(str(i) for i in range(nxt, nxt + MAX_SEEDS - n))
+            if c.half_width <= PRIMARY_HALF_WIDTH:
+                more = f"within the aimed {PRIMARY_HALF_WIDTH}"
+            elif n >= MAX_SEEDS:
+                more = (f"above {PRIMARY_HALF_WIDTH} with the most seeds the grid plans ({MAX_SEEDS}): the seed "
+                        "spread, not the seed count, sets this precision")
+            else:
+                more = (f"above {PRIMARY_HALF_WIDTH}: add seeds to this cell (up to {MAX_SEEDS}), e.g. `python "
+                        f"benchmarks/quality.py --ratios {ratio:g} --seeds {seeds}`")
             lines += ["", f"Primary cell: half-width of default vs best baseline ({best}) {c.half_width:.2f} "
                           f"points over {n} seeds, {more}."]
     return lines + [""]

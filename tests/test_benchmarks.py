@@ -167,6 +167,9 @@ def test_paired_tables_known_verdicts():
     text = "\n".join(tables.render_file("synthetic", recs))
     assert "Primary cell: half-width of default vs best baseline (l1) 1.30 points over 4 seeds, above 0.5" in text
     assert "--ratios 0.7 --seeds 4 5 6 7 8 9`" in text
+    more = [dict(r, seed=r["seed"] + 4 * k) for k in (1, 2) for r in recs if r["type"] == "row"]
+    text = "\n".join(tables.render_file("synthetic", recs + [r for r in more if r["seed"] < 10]))
+    assert "over 10 seeds, above 0.5 with the most seeds the grid plans (10)" in text and "--seeds" not in text
 
 
 def test_paired_tables_refuse_mixed_commits_and_checkpoints():
