@@ -365,7 +365,7 @@ class ABPMethod(PruningMethod):
         ratio = self.ratio_at(self.step)
         self.current_ratio = ratio
         scores = self.scores()
-        sel = self.select_at(ratio)
+        sel = self.select_at(ratio, scores)
         exceptions = 0
         for i, (s, keep) in enumerate(zip(scores, sel.masks)):
             closed = s[~keep]

@@ -236,18 +236,22 @@ class PruningMethod(abc.ABC):
         """Keep-masks meeting the budget, from :meth:`scores`."""
         return self.select_at(self.budget.ratio)
 
-    def select_at(self, ratio: float) -> BudgetResult:
+    def select_at(self, ratio: float, scores: list[torch.Tensor] | None = None) -> BudgetResult:
         """Keep-masks removing ``ratio`` of the budget's target, from :meth:`scores`.
 
         For methods that prune in steps (a ramp, an iterative schedule): the budget's
         target, rounding and the method's :attr:`normalize` with another ratio.
         ``ratio <= 0`` keeps every channel.
+
+        Args:
+            ratio: Fraction of the budget's target to remove.
+            scores: :meth:`scores` when the caller has them already (computed once).
         """
         b = self.budget
         if ratio <= 0:
             masks = [torch.ones(g.n_channels, dtype=torch.bool) for g in self.inst.groups]
             return BudgetResult(masks, 0.0, *self.inst.cost.count(masks), threshold=float("-inf"))
-        return select_channels(self.inst.cost, self.scores(), ratio, b.target,
+        return select_channels(self.inst.cost, self.scores() if scores is None else scores, ratio, b.target,
                                round_to=b.round_to, normalize=self.normalize)
 
     def report(self) -> dict:

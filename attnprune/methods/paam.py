@@ -59,7 +59,7 @@ import torch.nn as nn
 
 from .._batch import call_model
 from .._modes import eval_mode
-from ..core.budget import ramp, select_channels
+from ..core.budget import ramp
 from ..core.filters import filter_rows
 from ..core.groups import ChannelGroup
 from .base import Phase, PruningMethod, TrainConfig, register_method
@@ -387,8 +387,7 @@ class PAAMMethod(PruningMethod):
 
     def report(self) -> dict:
         scores = self.scores()
-        sel = select_channels(self.inst.cost, scores, self.budget.ratio, self.budget.target,
-                              round_to=self.budget.round_to, normalize=self.normalize)
+        sel = self.select_at(self.budget.ratio, scores)
         allv = torch.cat(scores)
         near = float(((allv - sel.threshold).abs() < 0.1).float().mean()) if math.isfinite(sel.threshold) else 0.0
         return {
