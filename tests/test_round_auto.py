@@ -17,7 +17,11 @@ import attnprune
 from attnprune.cli.parser import build_parser
 from attnprune.deploy import machine
 from attnprune.deploy.channels import machine_multiple, model_multiple
+from attnprune.deploy.latency_model import build_latency_model
 from attnprune.models import resnet20
+from attnprune.train import latency_target
+
+from _util import assert_unchanged, snapshot
 
 AVX512 = "fpu sse sse2 sse4_2 avx avx2 fma avx512f avx512bw avx512vl".split()
 AVX2 = "fpu sse sse2 sse4_2 avx avx2 fma".split()
@@ -158,9 +162,50 @@ def test_cli_round_to_defaults_to_auto_and_takes_an_int():
         parser.parse_args(base + ["--round-to", "fast"])
 
 
-def test_auto_does_not_fall_back_to_free_counts_for_a_latency_target(flags, monkeypatch):
+def _sixteen_wide() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(1, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3),
+                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+@pytest.fixture
+def timed_grids(monkeypatch):
+    """prune()'s latency models built with a fake timer (latency ~ k_out * k_in); the multiples they were built at."""
+    multiples = []
+
+    def build(inst, **kwargs):
+        multiples.append(kwargs["multiple"])
+        return build_latency_model(inst, **kwargs, cache_dir=False, timer=lambda spec, k_out, k_in: 1e-6 * k_out * k_in)
+    monkeypatch.setattr(latency_target, "build_latency_model", build)
+    return multiples
+
+
+def test_auto_latency_target_falls_back_to_half_the_multiple_timed_again(flags, timed_grids):
     flags(AVX512)
-    net = nn.Sequential(nn.Conv2d(1, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3),
-                        nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-    with pytest.raises(attnprune.BudgetError, match="multiples of 16.*smaller latency ratio"):
-        attnprune.prune(net, tiny_data(), 0.5, target="latency", **FAST)
+    net = _sixteen_wide()
+    snap = snapshot(net)
+    with pytest.warns(UserWarning, match="round_to='auto' chose multiples of 16.*using multiples of 8 instead"):
+        res = attnprune.prune(net, tiny_data(), 0.5, target="latency", latency_threads=1, **FAST)
+    assert_unchanged(net, snap)
+    assert timed_grids == [16, 8]  # the finer grid is timed, not interpolated from the coarse one
+    r = res.report
+    assert r.round_to == 8 and "multiples of 8" in r.round_to_source["fallback"]
+    assert abs(r.ratio_achieved - 0.5) <= 0.02
+    assert r.latency["predicted_removed"] == pytest.approx(r.ratio_achieved)
+    assert all(g.kept % 8 == 0 for g in r.groups) and any(g.kept < g.total for g in r.groups)
+
+
+@pytest.mark.parametrize("cpu, kwargs, match, grids", [
+    (AVX512, {}, "multiples of 16, and with multiples of 8 ratio 0.900 of latency cannot be reached", [16, 8]),
+    (AVX2, {}, "multiples of 8.*falls back no further than 8.*smaller latency ratio", [8]),
+    (AVX512, {"round_to": 16}, "multiples of 16", [16]),  # an explicit multiple is never changed
+])
+def test_latency_fallback_refuses_what_it_cannot_reach(flags, timed_grids, cpu, kwargs, match, grids):
+    flags(cpu)
+    with pytest.raises(attnprune.BudgetError, match=match):
+        attnprune.prune(_sixteen_wide(), tiny_data(), 0.9, target="latency", latency_threads=1, **{**FAST, **kwargs})
+    assert timed_grids == grids
+
+
+@pytest.mark.parametrize("multiple, finer", [(16, 8), (32, 16), (8, None), (4, None), (24, 12), (10, None)])
+def test_finer_multiple_halves_down_to_eight(multiple, finer):
+    assert latency_target.finer_multiple(multiple) == finer

@@ -43,7 +43,7 @@ from .distill import AUTO, Distillation, Distiller, auto_distillation, check_dis
 from .dry_run import DryRunReport, dry_run as plan_run
 from .fingerprint import ignored_names, run_fingerprint
 from .finish import build_result
-from .latency_target import attach_latency_model, measure_latency
+from .latency_target import attach_latency_model, measure_latency, reach_at_finer_multiple
 from .result import GroupReport, PruneReport, PruneResult
 from .runner import Runner, evaluate
 from .scoring import Metric, check_metric
@@ -140,6 +140,10 @@ def prune(
             of ``provider`` and this machine's CPU flags: 16 with AVX-512, 8 with
             AVX2 or CUDA, else 4; free counts for an unstructured method); an
             int wins; ``1`` (or None, as in 0.1) gives free counts (±1 point).
+            Where the auto multiple cannot reach ``ratio`` it falls back, with a
+            warning: to free counts for params and MACs, to half the multiple
+            (not below 8, timed again) for latency
+            (:func:`attnprune.train.latency_target.reach_at_finer_multiple`).
             The report records the value used and what it was chosen from.
         provider: The deployment target ``"cpu"`` (ONNX Runtime's CPU provider,
             default; the CPU is this machine's) or ``"cuda"``; it decides
@@ -308,17 +312,19 @@ def prune(
             except BudgetError as exc:
                 if round_source["requested"] != "auto" or budget.round_to is None:
                     raise
-                if budget.target == "latency":  # free counts leave the fast kernels: the latency would not follow
-                    raise BudgetError(f"{exc}; round_to='auto' chose multiples of {multiple}, the channel counts "
-                                      f"this {provider} target runs fast; ask for a smaller latency ratio (free "
-                                      "counts, round_to=1, are slower per MAC on it)") from None
-                # "auto" must not make a small model unprunable: free counts, said out loud
-                checks.check_reachable(inst, dataclasses.replace(budget, round_to=None), limits)
-                warnings.warn(f"round_to='auto' chose multiples of {multiple} for this {provider} target, but "
-                              f"{exc}; using free channel counts instead (slower kernels on this target)",
-                              stacklevel=2)
-                round_source = {**round_source, "fallback": f"free counts (unreachable with multiples of {multiple})"}
-                budget, multiple = dataclasses.replace(budget, round_to=None), 1
+                if budget.target == "latency":  # half the multiple, timed again (never free counts)
+                    budget, latency_model, round_source = reach_at_finer_multiple(
+                        inst, budget, limits, exc, round_source, batch=lat_batch, threads=lat_threads,
+                        provider=provider)
+                    multiple = budget.round_to
+                else:  # "auto" must not make a small model unprunable: free counts, said out loud
+                    checks.check_reachable(inst, dataclasses.replace(budget, round_to=None), limits)
+                    warnings.warn(f"round_to='auto' chose multiples of {multiple} for this {provider} target, but "
+                                  f"{exc}; using free channel counts instead (slower kernels on this target)",
+                                  stacklevel=2)
+                    round_source = {**round_source,
+                                    "fallback": f"free counts (unreachable with multiples of {multiple})"}
+                    budget, multiple = dataclasses.replace(budget, round_to=None), 1
         params_before, macs_before = inst.cost.dense_params, inst.cost.dense_macs
         runner = Runner(loader=loader, loss_fn=loss_fn, device=device, eval_loader=eval_loader,
                         steps_per_epoch=config.steps_per_epoch, progress=progress, distributed=use_dist,
