@@ -10,11 +10,12 @@ import time
 from dataclasses import asdict
 
 import torch
-from _arms import WARMUP_PASSES, Arm, phase_plan
-from _dense import Setup, build_model, dense_checkpoint, dense_phase, loaders, splits
 
 import attnprune
 from attnprune.train.runner import Runner, evaluate
+
+from _arms import WARMUP_PASSES, Arm, phase_plan
+from _dense import Setup, build_model, dense_checkpoint, dense_phase, loaders, splits
 
 __all__ = ["init_worker", "dense_job", "arm_job"]
 

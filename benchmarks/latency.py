@@ -40,6 +40,7 @@ from attnprune.errors import BudgetError  # noqa: E402
 from attnprune.models import resnet20, resnet56  # noqa: E402
 
 from _common import write  # noqa: E402
+from _latency_tables import defaults_table  # noqa: E402
 
 #: name -> (builder, per-call input shape at batch 1, batch size timed)
 SETUPS = {
@@ -117,18 +118,8 @@ def run_model(name: str, threads: int, arms, rounds: int) -> dict:
 
 
 def to_markdown(payload: dict) -> str:
-    lines = ["| model | batch | threads | arm | round_to | achieved | MACs ratio | speedup (p10–p90) | efficiency "
-             "| latency removed: predicted / measured |", "|:--|--:|--:|:--|--:|--:|--:|--:|--:|--:|"]
-    for row in payload["rows"]:
-        for arm, a in row["arms"].items():
-            if "unreachable" in a:
-                lines.append(f"| {row['model']} | {row['batch']} | {row['threads']} | {arm} | | unreachable | | | | |")
-                continue
-            lat = (f"{a['latency']['predicted_removed']:.3f} / {a['measured_removed']:.3f}" if a["latency"] else "")
-            lines.append(f"| {row['model']} | {row['batch']} | {row['threads']} | {arm} | {a['round_to']} | "
-                         f"{a['ratio_achieved']:.3f} | {a['macs_ratio']:.2f} | {a['speedup']:.2f} "
-                         f"({a['speedup_p10']:.2f}–{a['speedup_p90']:.2f}) | {a['efficiency']:.2f} | {lat} |")
-    return "\n".join(lines) + "\n"
+    """The Markdown table written beside the JSON (the one ``make_results.py`` renders)."""
+    return "\n".join(defaults_table(payload))
 
 
 def main(argv=None) -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _latency_tables import defaults_table  # noqa: E402
 from _paired_tables import render_file  # noqa: E402
 from _records import read_records  # noqa: E402
 
@@ -217,7 +218,7 @@ def latency_section(results_dir: Path) -> list[str]:
         return lines + ["Not recorded yet: run `python benchmarks/latency.py`.", ""]
     for f in files:
         if f.get("format") == 2:
-            lines += _source(f) + _latency_defaults(f)
+            lines += _source(f) + defaults_table(f)
             continue
         lines += _source(f)
         env = next(iter(f["models"].values()))["result"]["environment"]
@@ -238,54 +239,6 @@ def latency_section(results_dir: Path) -> list[str]:
                     f"{p['efficiency']:.2f} | {tgt} |")
         lines.append("")
     return lines
-
-
-def _met(ok: bool) -> str:
-    return "met" if ok else "missed"
-
-
-def _latency_defaults(f: dict) -> list[str]:
-    """Format 2 (``benchmarks/latency.py`` with defaults only): every arm beside its target (issue 13)."""
-    lines = [f"Defaults only (`round_to=\"auto\"` chose {f['round_to_auto']} on {f['cpu_model']}, vector "
-             f"extensions {', '.join(f['vector_extensions'] or ['unknown'])}); L1 ranking, no fine-tuning; "
-             f"{f['rounds']} interleaved rounds per model and thread count; speedup = dense median ÷ pruned "
-             "median, efficiency = speedup ÷ MACs ratio.", "",
-             "| model | batch | threads | arm | round_to | MACs ratio | speedup (p10–p90) | efficiency "
-             "| latency removed: predicted / measured | target |",
-             "|:--|--:|--:|:--|--:|--:|--:|--:|--:|:--|"]
-    builds = []
-    for row in f["rows"]:
-        name = row["model"]
-        for arm, a in row["arms"].items():
-            if "unreachable" in a:  # refused by prune(): recorded with its reason, a missed target
-                why = a["unreachable"].split(";")[0]
-                lines.append(f"| {name} | {row['batch']} | {row['threads']} | {arm} | | | unreachable: {why} | | "
-                             "| refused by prune() (missed) |")
-                continue
-            targets = []
-            if a["target"] in ("params", "macs"):
-                floor = 0.8 if name in ("mobilenet_v2", "efficientnet_b0") else 0.9
-                targets.append(f"efficiency ≥ {floor} ({_met(a['efficiency'] >= floor)})")
-                if a["target"] == "macs":
-                    targets.append(f"speedup ≥ 1.8 ({_met(a['speedup'] >= 1.8)})")
-            lat = ""
-            if a["latency"]:
-                pred, meas = a["latency"]["predicted_removed"], a["measured_removed"]
-                lat = f"{pred:.3f} / {meas:.3f}"
-                if name in ("resnet18", "mobilenet_v2", "cifar-resnet56"):
-                    targets.append(f"measured ±0.05 of {a['ratio']:g} ({_met(abs(meas - a['ratio']) <= 0.05)})")
-                targets.append(f"predicted ±0.05 of measured ({_met(abs(pred - meas) <= 0.05)})")
-            lines.append(f"| {name} | {row['batch']} | {row['threads']} | {arm} | {a['round_to']} | "
-                         f"{a['macs_ratio']:.2f} | {a['speedup']:.2f} ({a['speedup_p10']:.2f}–{a['speedup_p90']:.2f})"
-                         f" | {a['efficiency']:.2f} | {lat} | {'; '.join(targets)} |")
-        lm = row.get("latency_model")
-        if lm:
-            tgt = f" (≤ 60 s: {_met(lm['build_s'] <= 60)})" if name == "resnet50" else ""
-            builds.append(f"{name}, {row['threads']} thread(s): built in {lm['build_s']:.1f} s{tgt}, loaded from "
-                          f"the cache in {lm['cached_load_s']:.2f} s (< 1 s: {_met(lm['cached_load_s'] < 1)})")
-    if builds:
-        lines += ["", "Latency model: " + "; ".join(builds) + "."]
-    return lines + [""]
 
 
 def render(results_dir: Path) -> str:

@@ -247,10 +247,13 @@ def test_an_unreachable_latency_arm_is_recorded_and_rendered_as_missed():
     payload = {"format": 2, "cpu_model": "cpu", "vector_extensions": ["avx2"], "round_to_auto": 8, "rounds": 3,
                "rows": [{"model": "cifar-resnet56", "batch": 32, "threads": 1, "latency_model": None,
                          "arms": {"params-0.5": reached, "latency-0.5": refused}}]}
-    md = _load("latency").to_markdown(payload).splitlines()
-    assert md[-1] == "| cifar-resnet56 | 32 | 1 | latency-0.5 | | unreachable | | | | |"
-    assert md[-1].count("|") == md[0].count("|")
-    rows = [line for line in _load("make_results")._latency_defaults(payload) if line.startswith("| cifar")]
+    rows = [line for line in _load("latency").to_markdown(payload).splitlines() if line.startswith("| cifar")]
+    assert rows == [line for line in _load("_latency_tables").defaults_table(payload) if line.startswith("| cifar")]
     assert "efficiency ≥ 0.9 (met)" in rows[0]
     assert "unreachable: ratio 0.500 of latency cannot be reached: the largest reachable ratio is 0.474" in rows[1]
     assert rows[1].endswith("refused by prune() (missed) |") and rows[1].count("|") == rows[0].count("|")
+    fell_back = dict(reached, round_to=8, round_to_source={"requested": "auto", "fallback": "multiples of 8 (...)"})
+    payload["rows"][0]["arms"] = {"latency-0.5": dict(fell_back, target="latency", latency={"predicted_removed": 0.5})}
+    row = [line for line in _load("_latency_tables").defaults_table(payload) if line.startswith("| cifar")][0]
+    assert row.startswith("| cifar-resnet56 | 32 | 1 | latency-0.5 | 8 (fallback) |")
+    assert "measured ±0.05 of 0.5 (met)" in row and "predicted ±0.05 of measured (met)" in row

@@ -1,0 +1,73 @@
+"""Tables of ``benchmarks/latency.py``'s format-2 records (defaults only), used by it and ``make_results.py``.
+
+Every arm stands beside the targets of the speed-by-default issue: efficiency
+(speedup ÷ MACs ratio) at least 0.9 (0.8 on mobilenet_v2 and efficientnet_b0), a
+speedup of at least 1.8 at half the MACs, and for ``target="latency"`` the
+measured reduction within 5 points of the asked ratio (resnet18, mobilenet_v2,
+ResNet-56) and the predicted one within 5 points of the measured one. An arm that
+``prune()`` refused is a missed target; an arm whose ``round_to="auto"`` fell back
+to a finer multiple says so beside its multiple.
+"""
+
+from __future__ import annotations
+
+__all__ = ["defaults_table"]
+
+#: Models whose latency-target arms must land within 5 points of the asked ratio.
+LATENCY_TARGET_MODELS = ("resnet18", "mobilenet_v2", "cifar-resnet56")
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
+def _round_to(a: dict) -> str:
+    fallback = (a.get("round_to_source") or {}).get("fallback")
+    return f"{a['round_to']} (fallback)" if fallback else str(a["round_to"])
+
+
+def _targets(name: str, a: dict) -> list[str]:
+    targets = []
+    if a["target"] in ("params", "macs"):
+        floor = 0.8 if name in ("mobilenet_v2", "efficientnet_b0") else 0.9
+        targets.append(f"efficiency ≥ {floor} ({_met(a['efficiency'] >= floor)})")
+        if a["target"] == "macs":
+            targets.append(f"speedup ≥ 1.8 ({_met(a['speedup'] >= 1.8)})")
+    if a["latency"]:
+        pred, meas = a["latency"]["predicted_removed"], a["measured_removed"]
+        if name in LATENCY_TARGET_MODELS:
+            targets.append(f"measured ±0.05 of {a['ratio']:g} ({_met(abs(meas - a['ratio']) <= 0.05)})")
+        targets.append(f"predicted ±0.05 of measured ({_met(abs(pred - meas) <= 0.05)})")
+    return targets
+
+
+def defaults_table(f: dict) -> list[str]:
+    """Markdown lines of a format-2 record: a row per (model, threads, arm), then the latency models' build times."""
+    lines = [f"Defaults only (`round_to=\"auto\"` chose {f['round_to_auto']} on {f['cpu_model']}, vector "
+             f"extensions {', '.join(f['vector_extensions'] or ['unknown'])}); L1 ranking, no fine-tuning; "
+             f"{f['rounds']} interleaved rounds per model and thread count; speedup = dense median ÷ pruned "
+             "median, efficiency = speedup ÷ MACs ratio.", "",
+             "| model | batch | threads | arm | round_to | MACs ratio | speedup (p10–p90) | efficiency "
+             "| latency removed: predicted / measured | target |",
+             "|:--|--:|--:|:--|--:|--:|--:|--:|--:|:--|"]
+    builds = []
+    for row in f["rows"]:
+        name = row["model"]
+        for arm, a in row["arms"].items():
+            head = f"| {name} | {row['batch']} | {row['threads']} | {arm} |"
+            if "unreachable" in a:  # refused by prune(): recorded with its reason, a missed target
+                why = a["unreachable"].split(";")[0]
+                lines.append(f"{head} | | unreachable: {why} | | | refused by prune() (missed) |")
+                continue
+            lat = f"{a['latency']['predicted_removed']:.3f} / {a['measured_removed']:.3f}" if a["latency"] else ""
+            lines.append(f"{head} {_round_to(a)} | {a['macs_ratio']:.2f} | {a['speedup']:.2f} "
+                         f"({a['speedup_p10']:.2f}–{a['speedup_p90']:.2f}) | {a['efficiency']:.2f} | {lat} | "
+                         f"{'; '.join(_targets(name, a))} |")
+        lm = row.get("latency_model")
+        if lm:
+            tgt = f" (≤ 60 s: {_met(lm['build_s'] <= 60)})" if name == "resnet50" else ""
+            builds.append(f"{name}, {row['threads']} thread(s): built in {lm['build_s']:.1f} s{tgt}, loaded from "
+                          f"the cache in {lm['cached_load_s']:.2f} s (< 1 s: {_met(lm['cached_load_s'] < 1)})")
+    if builds:
+        lines += ["", "Latency model: " + "; ".join(builds) + "."]
+    return lines + [""]
