@@ -352,3 +352,41 @@ def test_ramped_mask_updates_close_channels_gradually():
     inst.remove()
     with pytest.raises(ValueError, match="mask_update"):
         get_method("sbf")(mask_update="ramp")
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_an_trains_cnn_trains_the_weights_in_the_an_phase_from_the_task_only(joint):
+    data = _data()
+    torch.manual_seed(0)
+    model = resnet20(in_channels=1)
+    inst = attnprune.instrument(model, torch.randn(1, 1, 16, 16))
+    method = get_method("paam")(an_trains_cnn=joint)
+    runner = Runner(loader=data, loss_fn=nn.functional.cross_entropy, progress=False)
+    ctx = Context(batches=lambda: iter(data), loss_fn=nn.functional.cross_entropy,
+                  steps_per_epoch=runner.steps_in_epoch())
+    method.attach(inst, Budget(0.5), ctx)
+    an = next(p for p in method.phases() if p.name == "an")
+    assert (an.train_model, an.bn_eval, an.train_method, an.gates) == (joint, not joint, True, "analog")
+    # the penalty reaches the filters through the AN input only in Algorithm 1's frozen-CNN form
+    penalty = sum(s.sum() for s in method.compute_scores())
+    conv = model.layer1[0].conv1.weight
+    (grad,) = torch.autograd.grad(penalty, conv, allow_unused=True)
+    assert (grad is None) == joint
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    an_before = [p.detach().clone() for p in method.parameters()]
+    bn = model.bn1.running_mean.clone()
+    runner.run(model, an, method)
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert bool(changed) == joint
+    assert not torch.equal(model.bn1.running_mean, bn) == joint  # BatchNorm statistics move only when it trains
+    assert any(not torch.equal(p, q) for p, q in zip(method.parameters(), an_before))  # the AN trains either way
+    method.detach()
+    inst.remove()
+
+
+def test_an_trains_cnn_end_to_end_meets_its_ratio():
+    torch.manual_seed(0)
+    res = attnprune.prune(resnet20(in_channels=1), _data(), 0.5, method="paam", an_trains_cnn=True, round_to=1,
+                          trained=True, an_epochs=1, cnn_epochs=1, finetune_epochs=0, progress=False, seed=0)
+    assert abs(res.report.ratio_achieved - 0.5) <= 0.01
+    assert [h.phase for h in res.report.history][:2] == ["an", "cnn"]
