@@ -431,8 +431,15 @@ def test_auto_distills_class_logits_with_the_default_loss_only():
     assert auto_distillation(make_model(), x, custom_loss=True) is None  # a user's loss: KL may not fit the task
     assert auto_distillation(TwoHeads(), x, custom_loss=False) is None  # tuple outputs
     assert auto_distillation(OneLogit(classes=1), x, custom_loss=False) is None  # one logit
-    res = attnprune.prune(make_model(), make_loader(), 0.5, method="l1", progress=False, finetune_epochs=1)
-    assert res.report.distill is not None and res.report.distill["weight"] == 0.5  # on by default
+    assert auto_distillation(make_model(), x, custom_loss=False, trained=False) is None  # a warm-up's teacher
     res = attnprune.prune(make_model(), make_loader(), 0.5, method="l1", progress=False, finetune_epochs=1,
-                          loss_fn=nn.functional.cross_entropy)
+                          trained=True)
+    assert res.report.distill is not None and res.report.distill["weight"] == 0.5  # on by default when trained
+    res = attnprune.prune(make_model(), make_loader(), 0.5, method="l1", progress=False, finetune_epochs=1,
+                          trained=True, loss_fn=nn.functional.cross_entropy)
     assert res.report.distill is None
+    res = attnprune.prune(make_model(), make_loader(), 0.5, method="l1", progress=False, finetune_epochs=1)
+    assert res.report.distill is None  # from scratch: off unless asked for
+    res = attnprune.prune(make_model(), make_loader(), 0.5, method="l1", progress=False, finetune_epochs=1,
+                          distill=True)
+    assert res.report.distill is not None  # asked for: on

@@ -35,7 +35,7 @@ def interrupted(tmp_path, **kw):
     args.update(kw)
     with pytest.raises(KeyboardInterrupt):
         attnprune.prune(args.pop("model"), args.pop("loader"), args.pop("ratio"), checkpoint_dir=tmp_path,
-                        loss_fn=Interrupting(6), **{"distill": True, **args})  # as "auto" gives on resume
+                        loss_fn=Interrupting(6), **{"distill": None, **args})  # as "auto" gives on resume from scratch
     assert load_checkpoint(tmp_path)["epoch"] == 1
 
 

@@ -198,8 +198,10 @@ def prune(
             the pruned-equals-gated check run in float32. See :mod:`attnprune.train.amp`.
         distill: Knowledge distillation (Hinton et al., 2015) from the network as
             it is when the first method phase starts (after the warm-up), frozen:
-            ``"auto"`` (default): ``Distillation()`` when ``loss_fn`` is the default
-            and the model returns class logits, else off; None or False: off;
+            ``"auto"`` (default): ``Distillation()`` for a trained model
+            (``trained=True``) when ``loss_fn`` is the default and the model
+            returns class logits, else off (from scratch the teacher would be the
+            briefly warmed-up network, which measured worse); None or False: off;
             True: ``Distillation()`` (temperature 4, weight 0.5); or
             ``attnprune.Distillation(temperature=T, weight=w)``.
             The phases that train the CNN (not the warm-up, not attention-only
@@ -288,7 +290,7 @@ def prune(
     work = copy.deepcopy(model).to(device)
     checks.check_feeds(work, example_inputs, explicit, first_x, first_y, loss_fn, device)
     if distill == AUTO:
-        distill = auto_distillation(work, example_inputs, custom_loss)
+        distill = auto_distillation(work, example_inputs, custom_loss, trained)
     elif distill is not None:
         check_distillable(work, example_inputs)
     if eval_loader is not None:
