@@ -79,14 +79,15 @@ def _worker(rank: int, port: int, out: str) -> None:
                             sampler=DistributedSampler(train, WORLD, rank, shuffle=True, seed=0))
         test = quadrants(128, 1)
         eval_loader = DataLoader(test, batch_size=64, sampler=DistributedSampler(test, WORLD, rank, shuffle=False))
-        kw = dict(method="paam", seed=0, progress=False, eval_loader=eval_loader, **SCHEDULE)
+        # distilled on purpose (from scratch "auto" is off): the teacher's state crosses the resume too
+        kw = dict(method="paam", seed=0, progress=False, eval_loader=eval_loader, distill=True, **SCHEDULE)
 
         full = attnprune.prune(make_model(), loader, 0.5, checkpoint_dir=os.path.join(out, "full"), **kw)
         # interrupted on every rank in the second warm-up epoch (calls: 1 check, 2-7 and 8-13 warm-up),
         # resumed mid-phase (optimiser, scheduler and per-rank random states)
         try:
-            attnprune.prune(make_model(), loader, 0.5, loss_fn=Interrupting(10),  # "auto" is off for a loss_fn
-                            checkpoint_dir=os.path.join(out, "cut"), distill=True, **kw)
+            attnprune.prune(make_model(), loader, 0.5, loss_fn=Interrupting(10),
+                            checkpoint_dir=os.path.join(out, "cut"), **kw)
             interrupted = False
         except KeyboardInterrupt:
             interrupted = True
