@@ -44,9 +44,6 @@ Choices where the paper is silent or does not fit a library (see ``docs/methods.
 * the paper's area weighting (``cost_weight="area"``) is an option, not the
   default: on the validation split it lost 3-6 points to the target's own cost
   weights at 70% and 90% of params;
-* ``an_trains_cnn=True`` (off by default) lets the CNN train beside the AN in its
-  phases, from the task loss only, so a fixed number of passes gives PAAM's CNN as
-  many updates as a one-shot baseline's fine-tuning (Algorithm 1 freezes it);
 * epochs and learning rates default to a CPU-sized schedule. The paper's CIFAR
   settings are ``warmup_epochs=50, cycles=10, an_epochs=3, cnn_epochs=6,
   finetune_epochs=300``, Adam 1e-6 (AN) / 1e-3 (CNN), fine-tuning SGD 0.1.
