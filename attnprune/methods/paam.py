@@ -185,11 +185,10 @@ class PAAMConfig(TrainConfig):
             ``"max"`` (each group's scores divided by their mean or max first; see
             :func:`attnprune.core.budget.normalize_scores`).
         an_trains_cnn: Train the CNN's weights in the AN phases too (with the
-            config's optimiser, under the analog gates), instead of Algorithm 1's
-            frozen CNN: within a fixed number of passes the CNN then gets as many
-            updates as a one-shot baseline's fine-tuning. BatchNorm stays in eval
-            mode (in train mode it would cancel a group's uniform score shrinkage),
-            and the AN input is detached, so the CNN learns from the task only, not
+            config's optimiser, BatchNorm in train mode, under the analog gates),
+            instead of Algorithm 1's frozen CNN: within a fixed number of passes the
+            CNN then gets as many updates as a one-shot baseline's fine-tuning. The
+            AN input is then detached, so the CNN learns from the task only, not
             from the score penalty through its own filters.
     """
 
@@ -289,12 +288,11 @@ class PAAMMethod(PruningMethod):
         c = self.config
         out = super().phases(trained)
         for cycle in range(c.cycles):
-            an = dict(gates="analog", train_method=True, method_lr=self.an_lr(), method_optimizer="adam",
-                      bn_eval=True, cycle=cycle)
+            an = dict(gates="analog", train_method=True, method_lr=self.an_lr(), method_optimizer="adam", cycle=cycle)
             if c.an_trains_cnn:
                 out.append(self.cnn_phase("an", c.an_epochs, **an))
             else:
-                out.append(Phase(name="an", epochs=c.an_epochs, train_model=False, **an))
+                out.append(Phase(name="an", epochs=c.an_epochs, train_model=False, bn_eval=True, **an))
             out.append(self.cnn_phase("cnn", c.cnn_epochs, gates="binary", cycle=cycle))
         return out
 
