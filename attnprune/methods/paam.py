@@ -184,12 +184,6 @@ class PAAMConfig(TrainConfig):
             ``"none"`` (one global threshold on the raw scores), ``"mean"`` or
             ``"max"`` (each group's scores divided by their mean or max first; see
             :func:`attnprune.core.budget.normalize_scores`).
-        an_trains_cnn: Train the CNN's weights in the AN phases too (with the
-            config's optimiser, BatchNorm in train mode, under the analog gates),
-            instead of Algorithm 1's frozen CNN: within a fixed number of passes the
-            CNN then gets as many updates as a one-shot baseline's fine-tuning. The
-            AN input is then detached, so the CNN learns from the task only, not
-            from the score penalty through its own filters.
     """
 
     variant: str = option("auto", choices=VARIANTS)
@@ -208,7 +202,6 @@ class PAAMConfig(TrainConfig):
     lam_control: str = option("pi", choices=LAM_CONTROLS)
     lam_hold: float = option(0.25, low=0, high=1, high_open=True)
     score_norm: str = option("mean", choices=NORMALIZERS)
-    an_trains_cnn: bool = option(False)
 
 
 @register_method("paam")
@@ -271,8 +264,7 @@ class PAAMMethod(PruningMethod):
 
     def compute_scores(self) -> list[torch.Tensor]:
         """Scores of every group from the current filter weights (differentiable)."""
-        joint = self.config.an_trains_cnn  # the CNN trains beside the AN: no penalty gradient into its filters
-        return [net(an_input(g).detach() if joint else an_input(g)) for net, g in zip(self.an, self.inst.groups)]
+        return [net(an_input(g)) for net, g in zip(self.an, self.inst.groups)]
 
     def _gate_scores(self) -> list[torch.Tensor]:
         # called by the gates once per forward; the regulariser reuses the result
@@ -288,11 +280,9 @@ class PAAMMethod(PruningMethod):
         c = self.config
         out = super().phases(trained)
         for cycle in range(c.cycles):
-            an = dict(gates="analog", train_method=True, method_lr=self.an_lr(), method_optimizer="adam", cycle=cycle)
-            if c.an_trains_cnn:
-                out.append(self.cnn_phase("an", c.an_epochs, **an))
-            else:
-                out.append(Phase(name="an", epochs=c.an_epochs, train_model=False, bn_eval=True, **an))
+            out.append(Phase(name="an", epochs=c.an_epochs, gates="analog", train_model=False,
+                             train_method=True, method_lr=self.an_lr(), method_optimizer="adam",
+                             bn_eval=True, cycle=cycle))
             out.append(self.cnn_phase("cnn", c.cnn_epochs, gates="binary", cycle=cycle))
         return out
 
