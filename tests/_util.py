@@ -50,6 +50,24 @@ def synthetic_loader(shape, n=64, batch=16, classes=10, seed=0, shuffle=False):
     return DataLoader(TensorDataset(x, y), batch_size=batch)
 
 
+def fake_latency_build(monkeypatch, timer):
+    """Make prune()'s latency models use ``timer`` (no ORT timing, no cache).
+
+    Returns the list of ``(latency_model, build_kwargs)`` that prune() built, in order.
+    """
+    from attnprune.deploy.latency_model import build_latency_model
+    from attnprune.train import latency_target
+
+    built = []
+
+    def build(inst, **kwargs):
+        lm = build_latency_model(inst, **{**kwargs, "cache_dir": False, "timer": timer})
+        built.append((lm, kwargs))
+        return lm
+    monkeypatch.setattr(latency_target, "build_latency_model", build)
+    return built
+
+
 def snapshot(m: nn.Module):
     """The model's state and every submodule's train/eval flag, to compare later."""
     return copy.deepcopy(m.state_dict()), {n: mod.training for n, mod in m.named_modules()}

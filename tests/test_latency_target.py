@@ -19,9 +19,8 @@ from attnprune.core.cost import CountCost
 from attnprune.deploy import latency_model as latency_module
 from attnprune.deploy.latency_model import LatencyModel, build_latency_model
 from attnprune.methods import Budget, Context, get_method, make_config
-from attnprune.train import latency_target
 
-from _util import assert_unchanged, snapshot
+from _util import assert_unchanged, fake_latency_build as fake_build, snapshot
 
 
 def macs_timer(spec, k_out: int, k_in: int) -> float:
@@ -138,18 +137,6 @@ def test_paam_weights_are_the_latency_channel_costs(inst, no_counted_channel_cos
         assert not all(torch.allclose(w, m / macs_mean) for w, m in zip(algo.weights, macs))
     finally:
         algo.detach()
-
-
-def fake_build(monkeypatch, timer):
-    """prune()'s latency model built with ``timer`` (no ORT timing, no cache)."""
-    built = []
-
-    def build(inst, **kwargs):
-        lm = build_latency_model(inst, **{**kwargs, "cache_dir": False, "timer": timer})
-        built.append((lm, kwargs))
-        return lm
-    monkeypatch.setattr(latency_target, "build_latency_model", build)
-    return built
 
 
 @pytest.mark.parametrize("method", ["paam", "l1"])

@@ -17,11 +17,10 @@ import attnprune
 from attnprune.cli.parser import build_parser
 from attnprune.deploy import machine
 from attnprune.deploy.channels import machine_multiple, model_multiple
-from attnprune.deploy.latency_model import build_latency_model
 from attnprune.models import resnet20
 from attnprune.train import latency_target
 
-from _util import assert_unchanged, snapshot
+from _util import assert_unchanged, fake_latency_build, snapshot
 
 AVX512 = "fpu sse sse2 sse4_2 avx avx2 fma avx512f avx512bw avx512vl".split()
 AVX2 = "fpu sse sse2 sse4_2 avx avx2 fma".split()
@@ -104,10 +103,14 @@ def test_bad_rounding_and_latency_arguments_name_themselves(kwargs, match):
         attnprune.prune(resnet20(in_channels=1), tiny_data(), 0.4, **{**FAST, **kwargs})
 
 
+def _sixteen_wide() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(1, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3),
+                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
 def test_auto_falls_back_to_free_counts_with_a_warning_when_its_multiple_cannot_reach(flags):
     flags(AVX512)
-    net = nn.Sequential(nn.Conv2d(1, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3),
-                        nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    net = _sixteen_wide()
     with pytest.warns(UserWarning, match="round_to='auto' chose multiples of 16.*free channel counts"):
         res = attnprune.prune(net, tiny_data(), 0.5, **FAST)
     assert abs(res.report.ratio_achieved - 0.5) <= 0.01
@@ -162,21 +165,15 @@ def test_cli_round_to_defaults_to_auto_and_takes_an_int():
         parser.parse_args(base + ["--round-to", "fast"])
 
 
-def _sixteen_wide() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(1, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3),
-                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-
-
 @pytest.fixture
 def timed_grids(monkeypatch):
-    """prune()'s latency models built with a fake timer (latency ~ k_out * k_in); the multiples they were built at."""
-    multiples = []
+    """prune()'s latency models built with a fake timer (latency ~ k_out * k_in): ``(model, kwargs)`` per build."""
+    return fake_latency_build(monkeypatch, lambda spec, k_out, k_in: 1e-6 * k_out * k_in)
 
-    def build(inst, **kwargs):
-        multiples.append(kwargs["multiple"])
-        return build_latency_model(inst, **kwargs, cache_dir=False, timer=lambda spec, k_out, k_in: 1e-6 * k_out * k_in)
-    monkeypatch.setattr(latency_target, "build_latency_model", build)
-    return multiples
+
+def multiples(built) -> list[int]:
+    """The channel multiples the latency models were built at, in order."""
+    return [kwargs["multiple"] for _, kwargs in built]
 
 
 def test_auto_latency_target_falls_back_to_half_the_multiple_timed_again(flags, timed_grids):
@@ -186,7 +183,7 @@ def test_auto_latency_target_falls_back_to_half_the_multiple_timed_again(flags, 
     with pytest.warns(UserWarning, match="round_to='auto' chose multiples of 16.*using multiples of 8 instead"):
         res = attnprune.prune(net, tiny_data(), 0.5, target="latency", latency_threads=1, **FAST)
     assert_unchanged(net, snap)
-    assert timed_grids == [16, 8]  # the finer grid is timed, not interpolated from the coarse one
+    assert multiples(timed_grids) == [16, 8]  # the finer grid is timed, not interpolated from the coarse one
     r = res.report
     assert r.round_to == 8 and "multiples of 8" in r.round_to_source["fallback"]
     assert abs(r.ratio_achieved - 0.5) <= 0.02
@@ -203,7 +200,7 @@ def test_latency_fallback_refuses_what_it_cannot_reach(flags, timed_grids, cpu, 
     flags(cpu)
     with pytest.raises(attnprune.BudgetError, match=match):
         attnprune.prune(_sixteen_wide(), tiny_data(), 0.9, target="latency", latency_threads=1, **{**FAST, **kwargs})
-    assert timed_grids == grids
+    assert multiples(timed_grids) == grids
 
 
 @pytest.mark.parametrize("multiple, finer", [(16, 8), (32, 16), (8, None), (4, None), (24, 12), (10, None)])
