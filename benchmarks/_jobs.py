@@ -17,7 +17,11 @@ from attnprune.train.runner import Runner, evaluate
 from _arms import WARMUP_PASSES, Arm, phase_plan
 from _dense import Setup, build_model, dense_checkpoint, dense_phase, loaders, splits
 
-__all__ = ["init_worker", "dense_job", "arm_job"]
+__all__ = ["ORDER_STRIDE", "init_worker", "dense_job", "arm_job"]
+
+#: Epochs by which each ``--order`` step shifts the training sampler's epoch index: the same
+#: checkpoint then sees another data order (no epoch of another order is ever repeated).
+ORDER_STRIDE = 1000
 
 _DATA: dict = {}
 
@@ -47,6 +51,11 @@ def _kept(report) -> dict:
     return {g.name: [g.kept, g.total] for g in report.groups}
 
 
+def _closed(report, masks) -> dict:
+    """Indices of the closed channels of every group (for overlaps between runs)."""
+    return {g.name: [i for i, keep in enumerate(m.tolist()) if not keep] for g, m in zip(report.groups, masks)}
+
+
 def _scalars(d: dict) -> dict:
     out = {}
     for k, v in d.items():
@@ -69,7 +78,7 @@ def arm_job(job: dict) -> dict:
     setup = Setup(**job["setup"])
     a = Arm(**job["arm"])
     seed = job["seed"]
-    offset = setup.dense_passes if setup.start == "trained" else 0
+    offset = (setup.dense_passes if setup.start == "trained" else 0) + ORDER_STRIDE * job.get("order", 0)
     L = loaders(setup, seed, offset, _data(setup))
     model = build_model(setup, seed)
     model.load_state_dict(torch.load(job["checkpoint"], weights_only=True))
@@ -100,7 +109,8 @@ def arm_job(job: dict) -> dict:
         r = res.report
         out = {"accuracy": evaluate(res.model, L[job["eval"]]), "params_before": r.params_before,
                "params_after": r.params_after, "macs_before": r.macs_before, "macs_after": r.macs_after,
-               "ratio_achieved": r.ratio_achieved, "kept": _kept(r), "method_report": _scalars(r.method_report),
+               "ratio_achieved": r.ratio_achieved, "kept": _kept(r),
+               "closed": _closed(r, res.masks), "method_report": _scalars(r.method_report),
                "config": plan.pop("config"), "normalize": plan.pop("normalize"),
                "history": [[h.phase, h.epoch, round(h.loss, 5)] for h in r.history], "distill": r.distill}
     out["params_removed"] = 1.0 - out["params_after"] / out["params_before"]

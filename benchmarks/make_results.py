@@ -27,6 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _latency_tables import defaults_table  # noqa: E402
+from _overlap import overlap_section  # noqa: E402
 from _paired_tables import render_file  # noqa: E402
 from _records import read_records  # noqa: E402
 
@@ -74,6 +75,7 @@ def quality_section(results_dir: Path) -> list[str]:
                   "*better* or *worse* only when the interval excludes 0, otherwise *tie*.", ""]
         for p in grids:
             lines += render_file(f"{p.stem} (`results/{p.name}`)", read_records(p))
+        lines += overlap_section(results_dir)
     gated = any(p.stem.startswith("quality-gating") for p in grids)
     if gated:
         return lines

@@ -69,6 +69,10 @@ def parse(argv):
                     help=f"training images (default {DEFAULT_TRAIN_SIZE}; the resnet56 preset takes half)")
     ap.add_argument("--val-size", type=int, default=5000, help="validation images held out of the 60k (default 5000)")
     ap.add_argument("--eval", choices=("val", "test"), default="test", help="split the accuracy is measured on")
+    ap.add_argument("--order", type=int, default=0,
+                    help="data order after the starting point: 0 (default) the recorded one; N > 0 another order "
+                         "from the same checkpoints and seeds, written to quality-<grid>[-val]-order<N>.jsonl "
+                         "(make_results.py compares the closed channel sets of the two orders)")
     ap.add_argument("--workers", type=int, default=None,
                     help="worker processes running arms side by side, one torch thread each "
                          "(default 2; 1 with --quick)")
@@ -91,6 +95,9 @@ def settings_from(args) -> dict:
     s = dict(g, passes=args.passes, dense_passes=args.dense_passes, val_size=args.val_size, test_size=None,
              train_size=args.train_size or int(DEFAULT_TRAIN_SIZE * factor), eval=args.eval, workers=args.workers or 2,
              threads=args.threads, grid=args.grid, quick=args.quick)
+    if args.order < 0:
+        raise SystemExit(f"--order must be >= 0, got {args.order}")
+    s["order"] = args.order
     if args.quick:
         s.update(QUICK, workers=args.workers or 1)
     for name in ("arms", "ratios", "seeds", "target"):
@@ -137,7 +144,8 @@ def main(argv=None) -> int:
                   test_size=s["test_size"], dense_passes=s["dense_passes"], start=s["start"])
     out_dir = Path(args.out_dir) if args.out_dir else RESULTS
     cache = str(Path(args.cache_dir) if args.cache_dir else CACHE)
-    tag = ("-val" if s["eval"] == "val" else "") + ("-quick" if args.quick else "")
+    tag = (("-val" if s["eval"] == "val" else "") + (f"-order{s['order']}" if s["order"] else "")
+           + ("-quick" if args.quick else ""))
     path = out_dir / f"quality-{args.grid}{tag}.jsonl"
     try:
         header = run_header(argv_full, allow_dirty=args.allow_dirty, exempt=args.quick,
@@ -163,6 +171,8 @@ def main(argv=None) -> int:
         for a in specs:
             for ratio in ([None] if a.is_ceiling else s["ratios"]):
                 cell = {"ratio": ratio, "target": None if a.is_ceiling else s["target"], "eval": s["eval"]}
+                if s["order"]:  # order 0 keeps the keys of rows recorded before --order existed
+                    cell["order"] = s["order"]
                 opts = {"method": a.method, "options": a.options, "trained": a.trained, "round_to": 1,
                         "passes": s["passes"], "setup": asdict(setup)}
                 key = row_key(a.name, opts, ck["info"]["sha256"], seed, header["commit"], cell)
@@ -184,7 +194,7 @@ def main(argv=None) -> int:
                "seed": job["seed"], "ratio": job["ratio"], "target": job["target"], "eval": job["eval"],
                "round_to": 1, "per_group_cap": None, "commit": header["commit"],
                "checkpoint": job["checkpoint_sha256"], "dense_passes": setup.dense_passes,
-               "passes_after_start": s["passes"], "setup": job["setup"], **res}
+               "passes_after_start": s["passes"], "setup": job["setup"], "order": s["order"], **res}
         append_record(path, row)
         ratio = "-" if job["ratio"] is None else f"{job['ratio']:.2f}"
         print(f"{a['name']:17s} ratio {ratio} seed {job['seed']}: top-1 {res['accuracy']:.2f}%  "

@@ -88,6 +88,10 @@ def test_quality_quick_rows(results):
     if by[("default", 0)]["method"] == "paam":  # its AN pass trains no CNN weight
         assert by[("default", 0)]["cnn_steps"] < by[("l1", 0)]["cnn_steps"]
     assert by[("ceiling", 0)]["ratio"] is None and by[("ceiling", 0)]["params_removed"] == 0
+    for r in pruned:  # the closed channels of every group, as many as the group lost
+        assert r["closed"].keys() == r["kept"].keys() and r["order"] == 0
+        for g, (kept, total) in r["kept"].items():
+            assert len(r["closed"][g]) == total - kept and all(0 <= i < total for i in r["closed"][g])
 
 
 @pytest.mark.slow
@@ -98,6 +102,50 @@ def test_quick_rerun_skips_done_rows(results, tmp_path):
     # the dense checkpoints differ (a fresh cache trains them again, bit-identically), so nothing reruns
     assert quality.main(["--quick", "--out-dir", str(results), "--cache-dir", str(cache)]) == 0
     assert (results / "quality-gating-quick.jsonl").read_text() == before
+
+
+@pytest.mark.slow
+def test_another_data_order_starts_from_the_same_checkpoints(results, tmp_path):
+    """--order 1 trains the same arms from the same checkpoints on another data order, in its own file."""
+    out = tmp_path / "results"
+    out.mkdir()
+    base = results / "quality-gating-quick.jsonl"
+    (out / base.name).write_text(base.read_text())
+    cache = tmp_path / "cache"
+    assert _load("quality").main(["--quick", "--order", "1", "--arms", "l1", "--seeds", "0",
+                                  "--out-dir", str(out), "--cache-dir", str(cache)]) == 0
+    (other,) = [json.loads(x) for x in (out / "quality-gating-order1-quick.jsonl").read_text().splitlines()
+                if json.loads(x)["type"] == "row"]
+    (first,) = [r for r in _records(results) if r["type"] == "row" and r["arm"] == "l1" and r["seed"] == 0]
+    assert other["order"] == 1 and other["checkpoint"] == first["checkpoint"]
+    assert other["history"] != first["history"]  # other batches: other losses
+
+
+def test_closed_set_overlap_on_hand_worked_sets():
+    overlap = _bench_module("_overlap")
+    a, b = {"g1": [0, 1], "g2": [3]}, {"g1": [1, 2], "g2": [3]}
+    assert overlap.jaccard(a, b) == pytest.approx(2 / 4)  # {g1:1, g2:3} shared of 4 closed pairs in all
+    assert overlap.jaccard({}, {}) == 1.0
+    # chance: g1 2 x 2 of 4 -> 1 shared expected, union 3; g2 1 x 1 of 4 -> 0.25, union 1.75
+    assert overlap.chance_jaccard(a, b, {"g1": 4, "g2": 4}) == pytest.approx(1.25 / 4.75)
+
+
+def test_overlap_section_pairs_data_orders_and_arms(tmp_path):
+    overlap = _bench_module("_overlap")
+
+    def row(arm, seed, closed, ck="ck"):
+        return {**_row(arm, seed, 70.0, checkpoint=ck), "closed": closed,
+                "kept": {"g1": [4 - len(closed["g1"]), 4]}}
+    base = [row("default", 0, {"g1": [0, 1]}), row("l1", 0, {"g1": [0, 1]}),
+            row("default", 1, {"g1": [0]}), row("l1", 1, {"g1": [3]})]
+    other = [row("default", 0, {"g1": [1, 2]}), row("default", 1, {"g1": [0]}, ck="another")]
+    for name, rows in (("quality-gating-val.jsonl", base), ("quality-gating-val-order1.jsonl", other)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = "\n".join(overlap.overlap_section(tmp_path))
+    # orders: only seed 0 pairs (seed 1 of order 1 has another checkpoint): |{1}| / |{0,1,2}|
+    assert "| 0.7 | params | test | default | 1 | 0.33 (0.33) | 0.33 |" in text
+    # arms at order 0: seed 0 identical (1.00), seed 1 disjoint (0.00)
+    assert "| default / l1 | 2 | 0.50 (1.00, 0.00) |" in text
 
 
 def test_dirty_tree_is_refused(monkeypatch):
