@@ -17,12 +17,16 @@ A fixed validation split (``--val-size``) is held out of the 60k training images
 ``--eval val`` measures on it (tuning: use it with seeds >= 100), ``--eval test``
 on the 10k test set. Rows are appended to ``results/quality-<grid>.jsonl`` with a
 header naming the command, the commit at the start, CPU and threads
-(:mod:`_records`); a rerun skips rows already done. ``make_results.py`` renders
-the paired tables.
+(:mod:`_records`); a rerun skips rows already done. Each row also lists every
+group's closed channels; ``--order N`` trains the same arms from the same
+checkpoints on another data order (its own file), so ``make_results.py`` can show
+how much of a method's choice of channels the data order decides (:mod:`_overlap`),
+beside the paired tables.
 
     python benchmarks/quality.py                       # the gating grid (about 1.5 h on 2 idle cores)
     python benchmarks/quality.py --grid warmup         # further records: warmup|learned|macs|resnet56
     python benchmarks/quality.py --quick --out-dir /tmp/q   # a smoke run (CI, under a minute)
+    python benchmarks/quality.py --eval val --seeds 100 101 --order 1   # the same arms, another data order
 """
 
 from __future__ import annotations
