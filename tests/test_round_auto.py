@@ -191,9 +191,20 @@ def test_auto_latency_target_falls_back_to_half_the_multiple_timed_again(flags, 
     assert all(g.kept % 8 == 0 for g in r.groups) and any(g.kept < g.total for g in r.groups)
 
 
+def test_auto_latency_target_halves_again_until_the_ratio_is_reachable(flags, timed_grids):
+    flags(AVX2)  # auto chooses 8; with latency ~ k_out * k_in, at most 0.65 is reachable with multiples of 8
+    with pytest.warns(UserWarning, match="chose multiples of 8.*using multiples of 4 instead"):
+        res = attnprune.prune(_sixteen_wide(), tiny_data(), 0.8, target="latency", latency_threads=1, **FAST)
+    assert multiples(timed_grids) == [8, 4]
+    r = res.report
+    assert r.round_to == 4 and "unreachable with multiples of 8)" in r.round_to_source["fallback"]
+    assert abs(r.ratio_achieved - 0.8) <= 0.02 and all(g.kept % 4 == 0 for g in r.groups)
+
+
 @pytest.mark.parametrize("cpu, kwargs, match, grids", [
-    (AVX512, {}, "multiples of 16, and with multiples of 8 ratio 0.900 of latency cannot be reached", [16, 8]),
-    (AVX2, {}, "multiples of 8.*falls back no further than 8.*smaller latency ratio", [8]),
+    # min_keep=8 of 16 leaves at most ~3/4 of the fake latency to remove, at any multiple
+    (AVX512, {"min_keep": 8}, "multiples of 16, and with multiples of 8, 4, 2, 1 ratio 0.900 of latency cannot be "
+                              "reached", [16, 8, 4, 2, 1]),
     (AVX512, {"round_to": 16}, "multiples of 16", [16]),  # an explicit multiple is never changed
 ])
 def test_latency_fallback_refuses_what_it_cannot_reach(flags, timed_grids, cpu, kwargs, match, grids):
@@ -203,6 +214,7 @@ def test_latency_fallback_refuses_what_it_cannot_reach(flags, timed_grids, cpu, 
     assert multiples(timed_grids) == grids
 
 
-@pytest.mark.parametrize("multiple, finer", [(16, 8), (32, 16), (8, None), (4, None), (24, 12), (10, None)])
-def test_finer_multiple_halves_down_to_eight(multiple, finer):
+@pytest.mark.parametrize("multiple, finer", [(16, 8), (32, 16), (8, 4), (4, 2), (2, 1), (1, None), (24, 12),
+                                             (10, 5), (5, None)])
+def test_finer_multiple_halves_down_to_one(multiple, finer):
     assert latency_target.finer_multiple(multiple) == finer

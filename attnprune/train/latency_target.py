@@ -12,14 +12,16 @@ the measurement beside the prediction.
 
 When ``round_to="auto"``'s multiple cannot reach the asked latency (a small
 network: CIFAR ResNet-56's 16-channel stage cannot be pruned at all in multiples
-of 16), :func:`reach_at_finer_multiple` tries once more at half that multiple if it
-is still at least :data:`FINEST_FALLBACK` (8, the block of ORT's NCHWc layout with
-AVX2, the smallest it uses on x86), with a latency model timed on that grid, so the
-counts it picks are still budgeted by what they measure (on an AVX-512 machine,
-24 channels run the unblocked kernels and the tables say so). It never falls back
-to free counts as the params and MACs targets do: the tables' grid is coarse
-(``points`` per dimension, interpolated between), and between two fast multiples a
-free count's slow kernel would be predicted fast.
+of 16), :func:`reach_at_finer_multiple` halves the multiple, with a warning, until
+the ratio is reachable or the multiple is 1, and times a latency model on each
+grid it tries, so the counts it picks are budgeted by what they measure (on an
+AVX-512 machine 8 or 24 channels run the unblocked kernels, and the tables say so).
+The multiples below the CPU's block are slower per MAC, but a latency target is
+met by measured seconds, not by MACs: on ResNet-56 at batch 32 (AMD EPYC, AVX-512,
+one thread) every group cut to 8 channels removes at most 0.65 of the measured
+latency, to 4 channels 0.81, so a 0.7 target needs counts below 8
+(``benchmarks/RESULTS.md``). The params and MACs targets fall back to free counts
+instead, in ``prune()``, as they never consult the tables.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ from .checks import check_reachable
 __all__ = ["FINEST_FALLBACK", "attach_latency_model", "finer_multiple", "measure_latency",
            "reach_at_finer_multiple"]
 
-#: The smallest channel multiple a latency target falls back to (ORT's NCHWc block with AVX2).
-FINEST_FALLBACK = 8
+#: The smallest channel multiple a latency target falls back to (1: free counts, timed on a coarse grid).
+FINEST_FALLBACK = 1
 
 
 def attach_latency_model(inst: Instrumented, *, batch: int, threads: int, provider: str,
@@ -61,7 +63,7 @@ def attach_latency_model(inst: Instrumented, *, batch: int, threads: int, provid
 
 
 def finer_multiple(multiple: int) -> int | None:
-    """Half of ``multiple`` when that is a whole multiple of at least :data:`FINEST_FALLBACK`, else None."""
+    """Half of ``multiple`` when that is a whole number of at least :data:`FINEST_FALLBACK`, else None."""
     half, odd = divmod(multiple, 2)
     return half if not odd and half >= FINEST_FALLBACK else None
 
@@ -69,10 +71,11 @@ def finer_multiple(multiple: int) -> int | None:
 def reach_at_finer_multiple(inst: Instrumented, budget: Budget, limits: GroupLimits | None, exc: BudgetError,
                             round_source: dict, *, batch: int, threads: int,
                             provider: str) -> tuple[Budget, LatencyModel, dict]:
-    """A latency ratio that ``round_to="auto"``'s multiple cannot reach, tried at half of it.
+    """A latency ratio that ``round_to="auto"``'s multiple cannot reach, tried at finer multiples.
 
-    Builds (or loads) the latency model on the finer grid, attaches it in place of
-    the first and checks the ratio again (see the module docstring for the rule).
+    Halves the multiple until the ratio is reachable (see the module docstring for
+    the rule), building (or loading) the latency model on each grid tried and
+    attaching it in place of the first.
 
     Args:
         inst: The instrumented working copy (its ``"latency"`` cost is replaced).
@@ -83,31 +86,35 @@ def reach_at_finer_multiple(inst: Instrumented, budget: Budget, limits: GroupLim
         batch, threads, provider: As :func:`attach_latency_model`.
 
     Returns:
-        ``(budget, latency_model, round_source)`` at the finer multiple.
+        ``(budget, latency_model, round_source)`` at the first multiple that reaches the ratio.
 
     Raises:
-        BudgetError: No finer multiple is allowed, or the ratio is unreachable at it too.
+        BudgetError: No finer multiple is left, or the ratio is unreachable at every one.
     """
     multiple = budget.round_to
-    finer = finer_multiple(multiple)
-    advice = ("ask for a smaller latency ratio, or give round_to explicitly (free counts, round_to=1, are slower "
-              "per MAC on this target and their latency is interpolated, not timed)")
+    advice = "ask for a smaller latency ratio"
+    finer, tried, last = finer_multiple(multiple), [], None
     if finer is None:
         raise BudgetError(f"{exc}; round_to='auto' chose multiples of {multiple}, the channel counts this "
-                          f"{provider} target runs fast, and falls back no further than {FINEST_FALLBACK}; "
+                          f"{provider} target runs fast, and has no finer multiple to fall back to; "
                           f"{advice}") from None
-    finer_budget = dataclasses.replace(budget, round_to=finer)
-    lm = attach_latency_model(inst, batch=batch, threads=threads, provider=provider, multiple=finer)
-    try:
-        check_reachable(inst, finer_budget, limits)
-    except BudgetError as again:
-        raise BudgetError(f"{exc}; round_to='auto' chose multiples of {multiple}, and with multiples of {finer} "
-                          f"{again}; {advice}") from None
-    warnings.warn(f"round_to='auto' chose multiples of {multiple} for this {provider} target, but {exc}; using "
-                  f"multiples of {finer} instead, timed on that grid (some of their kernels may be slower per MAC)",
-                  stacklevel=3)
-    return finer_budget, lm, {**round_source, "fallback": f"multiples of {finer} (the latency ratio is "
-                                                          f"unreachable with multiples of {multiple})"}
+    while finer is not None:
+        finer_budget = dataclasses.replace(budget, round_to=finer)
+        lm = attach_latency_model(inst, batch=batch, threads=threads, provider=provider, multiple=finer)
+        tried.append(finer)
+        try:
+            check_reachable(inst, finer_budget, limits)
+        except BudgetError as again:
+            last, finer = again, finer_multiple(finer)
+            continue
+        warnings.warn(f"round_to='auto' chose multiples of {multiple} for this {provider} target, but {exc}; using "
+                      f"multiples of {finer} instead, timed on that grid (kernels below the CPU's block size are "
+                      f"slower per MAC)", stacklevel=3)
+        return finer_budget, lm, {**round_source, "fallback": f"multiples of {finer} (the latency ratio is "
+                                                              f"unreachable with multiples of "
+                                                              f"{', '.join(map(str, [multiple, *tried[:-1]]))})"}
+    raise BudgetError(f"{exc}; round_to='auto' chose multiples of {multiple}, and with multiples of "
+                      f"{', '.join(map(str, tried))} {last}; {advice}") from None
 
 
 def measure_latency(lm: LatencyModel, masks, dense: nn.Module, pruned: nn.Module, example_inputs, *,

@@ -141,8 +141,8 @@ def prune(
             AVX2 or CUDA, else 4; free counts for an unstructured method); an
             int wins; ``1`` (or None, as in 0.1) gives free counts (±1 point).
             Where the auto multiple cannot reach ``ratio`` it falls back, with a
-            warning: to free counts for params and MACs, to half the multiple
-            (not below 8, timed again) for latency
+            warning: to free counts for params and MACs, to finer multiples for
+            latency (halved until the ratio is reachable, each grid timed)
             (:func:`attnprune.train.latency_target.reach_at_finer_multiple`).
             The report records the value used and what it was chosen from.
         provider: The deployment target ``"cpu"`` (ONNX Runtime's CPU provider,
@@ -314,7 +314,7 @@ def prune(
             except BudgetError as exc:
                 if round_source["requested"] != "auto" or budget.round_to is None:
                     raise
-                if budget.target == "latency":  # half the multiple, timed again (never free counts)
+                if budget.target == "latency":  # finer multiples, each grid timed again
                     budget, latency_model, round_source = reach_at_finer_multiple(
                         inst, budget, limits, exc, round_source, batch=lat_batch, threads=lat_threads,
                         provider=provider)
