@@ -6,12 +6,13 @@ speedup of at least 1.8 at half the MACs, and for ``target="latency"`` the
 measured reduction within 5 points of the asked ratio (resnet18, mobilenet_v2,
 ResNet-56) and the predicted one within 5 points of the measured one. An arm that
 ``prune()`` refused is a missed target; an arm whose ``round_to="auto"`` fell back
-to a finer multiple says so beside its multiple.
+to a finer multiple says so beside its multiple. ``--uniform`` records (every group
+cut to k channels) have a table of their own: the most latency removal can take.
 """
 
 from __future__ import annotations
 
-__all__ = ["defaults_table"]
+__all__ = ["defaults_table", "uniform_table"]
 
 #: Models whose latency-target arms must land within 5 points of the asked ratio.
 LATENCY_TARGET_MODELS = ("resnet18", "mobilenet_v2", "cifar-resnet56")
@@ -70,4 +71,19 @@ def defaults_table(f: dict) -> list[str]:
                           f"the cache in {lm['cached_load_s']:.2f} s (< 1 s: {_met(lm['cached_load_s'] < 1)})")
     if builds:
         lines += ["", "Latency model: " + "; ".join(builds) + "."]
+    return lines + [""]
+
+
+def uniform_table(payload: dict) -> list[str]:
+    """The Markdown lines of a ``--uniform`` record: latency removed with every group cut to k channels."""
+    lines = [f"Every channel group cut to its first k channels (at most its width), timed against the dense model "
+             f"in one interleaved ONNX Runtime run ({payload['rounds']} rounds); {payload['cpu_model']}, vector "
+             f"extensions {', '.join(payload['vector_extensions'])}.", "",
+             "| model | batch | threads | k | MACs ratio | speedup (p10–p90) | latency removed |",
+             "|:--|--:|--:|--:|--:|--:|--:|"]
+    for row in payload["rows"]:
+        for c in row["cuts"]:
+            lines.append(f"| {row['model']} | {row['batch']} | {row['threads']} | {c['k']} | {c['macs_ratio']:.2f} | "
+                         f"{c['speedup']:.2f} ({c['speedup_p10']:.2f}–{c['speedup_p90']:.2f}) | "
+                         f"{c['latency_removed']:.3f} |")
     return lines + [""]

@@ -15,6 +15,12 @@ and a Markdown table beside it).
     python benchmarks/latency.py            # resnet18/50, mobilenet_v2, efficientnet_b0 (224x224, batch 1),
                                             # CIFAR ResNet-56 (batch 32); 1 thread and all cores
     python benchmarks/latency.py --quick    # CIFAR ResNet-20, batch 8, 1 thread, params 0.5 + latency 0.3, 3 rounds
+    python benchmarks/latency.py --models cifar-resnet56 --uniform 16 8 4 2 1
+
+``--uniform K ...`` measures instead how much latency channel removal can take away
+at all: every group cut to its first ``K`` channels (at most its width), for each
+``K``, timed against the dense model in one interleaved run
+(``results/latency-uniform-<models>.json`` and ``.md``).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from attnprune.errors import BudgetError  # noqa: E402
 from attnprune.models import resnet20, resnet56  # noqa: E402
 
 from _common import write  # noqa: E402
-from _latency_tables import defaults_table  # noqa: E402
+from _latency_tables import defaults_table, uniform_table  # noqa: E402
 
 #: name -> (builder, per-call input shape at batch 1, batch size timed)
 SETUPS = {
@@ -117,6 +123,33 @@ def run_model(name: str, threads: int, arms, rounds: int) -> dict:
     return row
 
 
+def _cut(build, x, k: int) -> torch.nn.Module:
+    """The model with every channel group cut to its first ``k`` channels (physically pruned)."""
+    torch.manual_seed(0)
+    inst = attnprune.instrument(build().eval(), x)
+    inst.set_masks([torch.arange(g.n_channels) < k for g in inst.groups])
+    inst.mode = "binary"
+    return inst.finalize()
+
+
+def run_uniform(name: str, threads: int, ks, rounds: int) -> dict:
+    """Dense against every group cut to ``k`` channels, for each ``k``, in one benchmark."""
+    build, shape, batch = SETUPS[name]
+    x = torch.randn(*shape)
+    torch.manual_seed(0)
+    models = {"dense": build().eval(), **{f"k{k}": _cut(build, x, k) for k in ks}}
+    d = attnprune.benchmark(models, x, batch_sizes=(batch,), threads=threads, rounds=rounds).to_dict()
+    cuts = []
+    for p in d["pairs"]:
+        cuts.append({"k": int(p["model"][1:]), "macs_ratio": p["macs_ratio"], "speedup": p["speedup"],
+                     "speedup_p10": p["speedup_p10"], "speedup_p90": p["speedup_p90"],
+                     "latency_removed": 1 - 1 / p["speedup"]})
+        print(f"{name:16s} {threads:2d} thr  every group at {p['model'][1:]:>3s} channels: MACs ratio "
+              f"{p['macs_ratio']:.2f}  speedup {p['speedup']:.2f}  latency removed {cuts[-1]['latency_removed']:.3f}",
+              flush=True)
+    return {"model": name, "batch": batch, "input": list(shape), "threads": threads, "cuts": cuts, "result": d}
+
+
 def to_markdown(payload: dict) -> str:
     """The Markdown table written beside the JSON (the one ``make_results.py`` renders)."""
     return "\n".join(defaults_table(payload))
@@ -130,11 +163,24 @@ def main(argv=None) -> int:
                     help="ONNX Runtime thread counts (default: 1 and all usable cores)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--out-dir", default=None)
+    ap.add_argument("--uniform", type=int, nargs="+", default=None, metavar="K",
+                    help="instead of the default arms: every group cut to K channels, for each K")
     args = ap.parse_args(argv)
+    if args.uniform is not None and min(args.uniform) < 1:
+        raise SystemExit(f"--uniform takes channel counts >= 1, got {args.uniform}")
     arms = ARMS
     if args.quick:
         args.models, args.rounds, args.threads, arms = ["cifar-resnet20"], 3, [1], QUICK_ARMS
     threads = args.threads or sorted({1, default_threads()})
+    if args.uniform is not None:
+        rows = [run_uniform(name, t, args.uniform, args.rounds) for name in args.models for t in threads]
+        payload = {"format": 2, "cpu_model": cpu_model(), "vector_extensions": vector_extensions(),
+                   "uniform": args.uniform, "threads": threads, "rounds": args.rounds, "rows": rows}
+        path = write("latency-uniform-" + "_".join(args.models) + ("-quick" if args.quick else ""), payload,
+                     args.out_dir)
+        path.with_suffix(".md").write_text("\n".join(uniform_table(payload)))
+        print(f"wrote {path}")
+        return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="attnprune-latency-cache-") as cache:
         old = os.environ.get("ATTNPRUNE_CACHE")

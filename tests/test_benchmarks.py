@@ -121,6 +121,21 @@ def test_another_data_order_starts_from_the_same_checkpoints(results, tmp_path):
     assert other["history"] != first["history"]  # other batches: other losses
 
 
+@pytest.mark.slow
+def test_uniform_cuts_time_every_group_cut_to_k_channels(tmp_path):
+    latency = _load("latency")
+    assert latency.main(["--quick", "--uniform", "8", "4", "--out-dir", str(tmp_path)]) == 0
+    d = json.loads((tmp_path / "latency-uniform-cifar-resnet20-quick.json").read_text())
+    (row,) = d["rows"]
+    assert [c["k"] for c in row["cuts"]] == [8, 4] and d["vector_extensions"] is not None
+    # fewer channels, fewer MACs: ResNet-20's 16/32/64-wide groups at 8 and at 4 channels
+    assert 1 < row["cuts"][0]["macs_ratio"] < row["cuts"][1]["macs_ratio"]
+    assert all(c["latency_removed"] == pytest.approx(1 - 1 / c["speedup"]) for c in row["cuts"])
+    assert "| cifar-resnet20 | 8 | 1 | 4 |" in (tmp_path / "latency-uniform-cifar-resnet20-quick.md").read_text()
+    with pytest.raises(SystemExit, match="--uniform takes channel counts >= 1"):
+        latency.main(["--quick", "--uniform", "0"])
+
+
 def test_closed_set_overlap_on_hand_worked_sets():
     overlap = _bench_module("_overlap")
     a, b = {"g1": [0, 1], "g2": [3]}, {"g1": [1, 2], "g2": [3]}
