@@ -17,11 +17,15 @@ the ratio is reachable or the multiple is 1, and times a latency model on each
 grid it tries, so the counts it picks are budgeted by what they measure (on an
 AVX-512 machine 8 or 24 channels run the unblocked kernels, and the tables say so).
 The multiples below the CPU's block are slower per MAC, but a latency target is
-met by measured seconds, not by MACs: on ResNet-56 at batch 32 (AMD EPYC, AVX-512,
-one thread) every group cut to 8 channels removes at most 0.65 of the measured
-latency, to 4 channels 0.81, so a 0.7 target needs counts below 8
-(``benchmarks/RESULTS.md``). The params and MACs targets fall back to free counts
-instead, in ``prune()``, as they never consult the tables.
+met by measured seconds, not by MACs: on ResNet-56 at batch 32 (AMD EPYC, AVX-512)
+every group cut to 8 channels removes 0.64 of the measured latency at one thread
+and 0.60 at two, cut to 4 channels 0.81 and 0.75 (``python benchmarks/latency.py
+--models cifar-resnet56 --uniform 16 8 4 2 1``), so a 0.7 target may need counts
+below 8. The tables time ``points`` counts per dimension and interpolate between
+them, so on a fine grid a count whose kernel is slow can be predicted as fast as
+its timed neighbours; the report's measured latency shows what it got. The params
+and MACs targets fall back to free counts instead, in ``prune()``, as they never
+consult the tables.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from .checks import check_reachable
 __all__ = ["FINEST_FALLBACK", "attach_latency_model", "finer_multiple", "measure_latency",
            "reach_at_finer_multiple"]
 
-#: The smallest channel multiple a latency target falls back to (1: free counts, timed on a coarse grid).
+#: The smallest channel multiple a latency target falls back to (1: free counts, interpolated between timed ones).
 FINEST_FALLBACK = 1
 
 
