@@ -125,8 +125,10 @@ def cell_tables(key: tuple, arms: dict[str, list[dict]], primary: bool = False) 
         lines.append(f"| {label} | {len(rs)} | {_mean(rs, 'accuracy'):.2f} ± {_fmt(_sd(rs, 'accuracy'), '.2f')} | "
                      f"{100 * _mean(rs, 'params_removed'):.1f} | {100 * _mean(rs, 'macs_removed'):.1f} | "
                      f"{_mean(rs, 'passes'):g} | {_mean(rs, 'cnn_steps'):.0f} | {_mean(rs, 'seconds'):.0f} |")
-    lines += ["", "| arm | against | pairs | mean diff (points) | sd | 95% interval | ± half-width | W/T/L | verdict |",
+    paired = ["", "| arm | against | pairs | mean diff (points) | sd | 95% interval | ± half-width | W/T/L | verdict |",
               "|:--|:--|--:|--:|--:|:--|--:|:--|:--|"]
+    lines += paired
+    no_pairs = len(lines)
     best_kd = best_baseline(arms, with_distill=True)
     refs = [(best, "best baseline"), (best_kd, "best distilled baseline"), ("random", "random"),
             ("ceiling", "ceiling"), ("default", "default")]
@@ -145,6 +147,8 @@ def cell_tables(key: tuple, arms: dict[str, list[dict]], primary: bool = False) 
                 continue
             lines.append(f"| {a} | {name} | {c.n} | {c.mean:+.2f} | {c.sd:.2f} | [{c.low:+.2f}, {c.high:+.2f}] | "
                          f"{c.half_width:.2f} | {c.wins}/{c.ties}/{c.losses} | **{c.verdict}** |")
+    if len(lines) == no_pairs:  # nothing to pair with (a file of one arm): no empty table
+        del lines[-len(paired):]
     if primary and best_kd is not None and "default" in arms and distilled(arms["default"]):
         best = best_kd  # the primary comparison: the same distillation setting on both sides
     if primary and best is not None and "default" in arms:
