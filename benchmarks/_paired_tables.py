@@ -196,11 +196,13 @@ def render_file(name: str, records: list[dict]) -> list[str]:
                          f"{m['torch_threads_per_worker']} torch thread(s), torch {m['torch']}, torch-pruning "
                          f"{m['torch_pruning']}")
         s = crows[0]["setup"]
+        capped = any(r.get("per_group_cap") is not None or "max_group_ratio" in r["options"] for r in crows)
+        cap = "no per-group cap" + (" except where an arm's options set `max_group_ratio`" if capped else "")
         lines += ["", f"Setup: {s['model']} ({s['in_channels']} input channel), {s['train_size']} training images, "
                       f"{s['val_size']} held out for validation, batch {s['batch_size']}, start "
                       f"`{s['start']}`" + (f" ({s['dense_passes']} dense passes, cached)" if s["start"] == "trained"
                                             else "") + f", {crows[0]['passes_after_start']} passes after it for "
-                      f"every arm, `round_to=1`, no per-group cap.", ""]
+                      f"every arm, `round_to=1`, {cap}.", ""]
         gating = crows[0].get("grid") == "gating"
         for key, arms in cells(crows).items():
             primary = gating and key[1] == "params" and any(abs(key[0] - r) < 1e-9 for r in PRIMARY_RATIOS)

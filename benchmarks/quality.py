@@ -196,7 +196,7 @@ def main(argv=None) -> int:
         row = {"type": "row", "run": header["run_id"], "key": job["key"], "grid": args.grid, "arm": a["name"],
                "method": a["method"], "options": a["options"], "trained": a["trained"], "start": setup.start,
                "seed": job["seed"], "ratio": job["ratio"], "target": job["target"], "eval": job["eval"],
-               "round_to": 1, "per_group_cap": None, "commit": header["commit"],
+               "round_to": 1, "per_group_cap": a["options"].get("max_group_ratio"), "commit": header["commit"],
                "checkpoint": job["checkpoint_sha256"], "dense_passes": setup.dense_passes,
                "passes_after_start": s["passes"], "setup": job["setup"], "order": s["order"], **res}
         append_record(path, row)
