@@ -196,7 +196,7 @@ def render_file(name: str, records: list[dict]) -> list[str]:
                          f"{m['torch_threads_per_worker']} torch thread(s), torch {m['torch']}, torch-pruning "
                          f"{m['torch_pruning']}")
         s = crows[0]["setup"]
-        capped = any(r.get("per_group_cap") is not None or "max_group_ratio" in r["options"] for r in crows)
+        capped = any(r.get("per_group_cap") is not None or "max_group_ratio" in r.get("options", {}) for r in crows)
         cap = "no per-group cap" + (" except where an arm's options set `max_group_ratio`" if capped else "")
         lines += ["", f"Setup: {s['model']} ({s['in_channels']} input channel), {s['train_size']} training images, "
                       f"{s['val_size']} held out for validation, batch {s['batch_size']}, start "
