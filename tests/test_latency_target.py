@@ -164,6 +164,21 @@ def test_prune_latency_target_budgets_with_the_latency_model(monkeypatch, method
     assert "latency (batch 1, 1 threads)" in r.summary()
 
 
+def test_a_model_with_its_own_hooks_is_measured_and_keeps_them(monkeypatch):
+    """The user's forward hooks do not reach ONNX: the measurement times hook-free copies, the model keeps its hooks."""
+    fake_build(monkeypatch, channels_timer)
+    model = PlainNet()
+    seen = []
+    model.register_forward_hook(lambda mod, args, out: seen.append(out.shape[0]))
+    res = attnprune.prune(model, tiny_data(), 0.3, method="l1", target="latency", round_to=1, latency_threads=1,
+                          trained=True, finetune_epochs=0, progress=False, seed=0)
+    assert res.report.latency["measured_pruned_ms"] > 0
+    assert len(model._forward_hooks) == 1 and len(res.model._forward_hooks) == 1  # the user's hook, on both
+    n = len(seen)
+    res.model(torch.randn(2, *tiny_data().dataset.tensors[0].shape[1:]))
+    assert seen[n:] == [2]  # the pruned model's copy of the hook still runs
+
+
 def test_latency_batch_reaches_the_latency_model(monkeypatch):
     built = fake_build(monkeypatch, macs_timer)
     res = attnprune.prune(PlainNet(), tiny_data(), 0.3, method="l1", target="latency", latency_batch=4,

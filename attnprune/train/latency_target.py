@@ -39,6 +39,7 @@ from ..core.instrument import Instrumented
 from ..core.limits import GroupLimits
 from ..deploy.bench import benchmark
 from ..deploy.latency_model import LatencyModel, build_latency_model
+from ..deploy.latency_table import hook_free_copy
 from ..errors import BudgetError
 from ..methods.base import Budget
 from .checks import check_reachable
@@ -127,15 +128,14 @@ def measure_latency(lm: LatencyModel, masks, dense: nn.Module, pruned: nn.Module
 
     Both models are timed in one interleaved ONNX Runtime benchmark at ``batch``
     samples and ``threads`` threads; times are medians in milliseconds per batch.
+    Copies without forward hooks are timed (as the latency model's dense run is):
+    hooks a user put on the model do not reach ONNX, and export refuses a hooked model.
     """
-    was_training = pruned.training
-    try:
-        with warnings.catch_warnings():  # this is the machine pruned for: the multiple was the run's choice
-            warnings.filterwarnings("ignore", message="the models' channel counts are multiples")
-            result = benchmark({"dense": dense, "pruned": pruned}, example_inputs, batch_sizes=(batch,),
-                               threads=threads, provider=provider, channel_multiple=channel_multiple)
-    finally:
-        pruned.train(was_training)
+    timed = {"dense": hook_free_copy(dense), "pruned": hook_free_copy(pruned)}
+    with warnings.catch_warnings():  # this is the machine pruned for: the multiple was the run's choice
+        warnings.filterwarnings("ignore", message="the models' channel counts are multiples")
+        result = benchmark(timed, example_inputs, batch_sizes=(batch,), threads=threads, provider=provider,
+                           channel_multiple=channel_multiple)
     measured = {row["model"]: row["median_ms"] for row in result.latency}
     predicted = lm.predict(masks)
     return {
