@@ -98,28 +98,30 @@ def reach_at_finer_multiple(inst: Instrumented, budget: Budget, limits: GroupLim
     """
     multiple = budget.round_to
     advice = "ask for a smaller latency ratio"
-    finer, tried, last = finer_multiple(multiple), [], None
-    if finer is None:
+    chain, m = [], finer_multiple(multiple)
+    while m is not None:
+        chain.append(m)
+        m = finer_multiple(m)
+    if not chain:
         raise BudgetError(f"{exc}; round_to='auto' chose multiples of {multiple}, the channel counts this "
                           f"{provider} target runs fast, and has no finer multiple to fall back to; "
                           f"{advice}") from None
-    while finer is not None:
+    for i, finer in enumerate(chain):
         finer_budget = dataclasses.replace(budget, round_to=finer)
         lm = attach_latency_model(inst, batch=batch, threads=threads, provider=provider, multiple=finer)
-        tried.append(finer)
         try:
             check_reachable(inst, finer_budget, limits)
         except BudgetError as again:
-            last, finer = again, finer_multiple(finer)
+            last = again
             continue
         warnings.warn(f"round_to='auto' chose multiples of {multiple} for this {provider} target, but {exc}; using "
                       f"multiples of {finer} instead, timed on that grid (kernels below the CPU's block size are "
                       f"slower per MAC)", stacklevel=3)
+        unreachable = ", ".join(map(str, [multiple, *chain[:i]]))
         return finer_budget, lm, {**round_source, "fallback": f"multiples of {finer} (the latency ratio is "
-                                                              f"unreachable with multiples of "
-                                                              f"{', '.join(map(str, [multiple, *tried[:-1]]))})"}
+                                                              f"unreachable with multiples of {unreachable})"}
     raise BudgetError(f"{exc}; round_to='auto' chose multiples of {multiple}, and with multiples of "
-                      f"{', '.join(map(str, tried))} {last}; {advice}") from None
+                      f"{', '.join(map(str, chain))} {last}; {advice}") from None
 
 
 def measure_latency(lm: LatencyModel, masks, dense: nn.Module, pruned: nn.Module, example_inputs, *,
