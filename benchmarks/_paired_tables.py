@@ -125,10 +125,7 @@ def cell_tables(key: tuple, arms: dict[str, list[dict]], primary: bool = False) 
         lines.append(f"| {label} | {len(rs)} | {_mean(rs, 'accuracy'):.2f} ± {_fmt(_sd(rs, 'accuracy'), '.2f')} | "
                      f"{100 * _mean(rs, 'params_removed'):.1f} | {100 * _mean(rs, 'macs_removed'):.1f} | "
                      f"{_mean(rs, 'passes'):g} | {_mean(rs, 'cnn_steps'):.0f} | {_mean(rs, 'seconds'):.0f} |")
-    paired = ["", "| arm | against | pairs | mean diff (points) | sd | 95% interval | ± half-width | W/T/L | verdict |",
-              "|:--|:--|--:|--:|--:|:--|--:|:--|:--|"]
-    lines += paired
-    no_pairs = len(lines)
+    pairs = []
     best_kd = best_baseline(arms, with_distill=True)
     refs = [(best, "best baseline"), (best_kd, "best distilled baseline"), ("random", "random"),
             ("ceiling", "ceiling"), ("default", "default")]
@@ -143,12 +140,13 @@ def cell_tables(key: tuple, arms: dict[str, list[dict]], primary: bool = False) 
             c = pair(arms[a], arms[ref])
             name = f"{label} ({ref})" if label.startswith("best") else label
             if c is None:
-                lines.append(f"| {a} | {name} | <2 | | | | | | not enough pairs |")
+                pairs.append(f"| {a} | {name} | <2 | | | | | | not enough pairs |")
                 continue
-            lines.append(f"| {a} | {name} | {c.n} | {c.mean:+.2f} | {c.sd:.2f} | [{c.low:+.2f}, {c.high:+.2f}] | "
+            pairs.append(f"| {a} | {name} | {c.n} | {c.mean:+.2f} | {c.sd:.2f} | [{c.low:+.2f}, {c.high:+.2f}] | "
                          f"{c.half_width:.2f} | {c.wins}/{c.ties}/{c.losses} | **{c.verdict}** |")
-    if len(lines) == no_pairs:  # nothing to pair with (a file of one arm): no empty table
-        del lines[-len(paired):]
+    if pairs:  # a file of one arm has nothing to pair with: no empty table
+        lines += ["", "| arm | against | pairs | mean diff (points) | sd | 95% interval | ± half-width | W/T/L | "
+                      "verdict |", "|:--|:--|--:|--:|--:|:--|--:|:--|:--|", *pairs]
     if primary and best_kd is not None and "default" in arms and distilled(arms["default"]):
         best = best_kd  # the primary comparison: the same distillation setting on both sides
     if primary and best is not None and "default" in arms:
@@ -196,6 +194,7 @@ def render_file(name: str, records: list[dict]) -> list[str]:
                          f"{m['torch_threads_per_worker']} torch thread(s), torch {m['torch']}, torch-pruning "
                          f"{m['torch_pruning']}")
         s = crows[0]["setup"]
+        # rows before per_group_cap followed the options (3df093e) name a cap only in their options
         capped = any(r.get("per_group_cap") is not None or "max_group_ratio" in r.get("options", {}) for r in crows)
         cap = "no per-group cap" + (" except where an arm's options set `max_group_ratio`" if capped else "")
         lines += ["", f"Setup: {s['model']} ({s['in_channels']} input channel), {s['train_size']} training images, "
