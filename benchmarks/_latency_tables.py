@@ -7,12 +7,13 @@ measured reduction within 5 points of the asked ratio (resnet18, mobilenet_v2,
 ResNet-56) and the predicted one within 5 points of the measured one. An arm that
 ``prune()`` refused is a missed target; an arm whose ``round_to="auto"`` fell back
 to a finer multiple says so beside its multiple. ``--uniform`` records (every group
-cut to k channels) have a table of their own: the most latency removal can take.
+cut to k channels) have a table of their own: the most latency removal can take;
+so do ``--check-model`` records (the latency model against measurement on random masks).
 """
 
 from __future__ import annotations
 
-__all__ = ["defaults_table", "uniform_table"]
+__all__ = ["check_table", "defaults_table", "uniform_table"]
 
 #: Models whose latency-target arms must land within 5 points of the asked ratio.
 LATENCY_TARGET_MODELS = ("resnet18", "mobilenet_v2", "cifar-resnet56")
@@ -86,4 +87,31 @@ def uniform_table(payload: dict) -> list[str]:
             lines.append(f"| {row['model']} | {row['batch']} | {row['threads']} | {c['k']} | {c['macs_ratio']:.2f} | "
                          f"{c['speedup']:.2f} ({c['speedup_p10']:.2f}–{c['speedup_p90']:.2f}) | "
                          f"{c['latency_removed']:.3f} |")
+    return lines + [""]
+
+
+#: The latency model's variants in a ``--check-model`` record, in table order.
+CHECK_VARIANTS = (("without_reorders", "tables without layout conversions (default)"),
+                  ("with_reorders", "tables with them"))
+
+
+def check_table(payload: dict) -> list[str]:
+    """The Markdown lines of a ``--check-model`` record: predicted vs measured removal, and each variant's errors."""
+    lines = [f"The latency model against measurement: {payload['check_model']} randomly pruned models per row "
+             f"(channel counts on the rounding grid), predicted by tables with and without ONNX Runtime's layout "
+             f"conversions (the same timings) and timed against the dense model in one interleaved run "
+             f"({payload['rounds']} rounds); {payload['cpu_model']}, vector extensions "
+             f"{', '.join(payload['vector_extensions'] or ['unknown'])}. Error = predicted − measured latency "
+             "removed.", "",
+             "| model | batch | threads | multiple | " + " | ".join(
+                 f"{label}: mean abs error / worst" for _, label in CHECK_VARIANTS) + " |",
+             "|:--|--:|--:|--:|" + "--:|" * len(CHECK_VARIANTS)]
+    for row in payload["rows"]:
+        cells = []
+        for key, _ in CHECK_VARIANTS:
+            errs = [c["predicted"][key] - c["measured_removed"] for c in row["checks"]]
+            worst = max(errs, key=abs)
+            cells.append(f"{sum(abs(e) for e in errs) / len(errs):.3f} / {worst:+.3f}")
+        lines.append(f"| {row['model']} | {row['batch']} | {row['threads']} | {row['multiple']} | "
+                     + " | ".join(cells) + " |")
     return lines + [""]

@@ -16,11 +16,18 @@ and a Markdown table beside it).
                                             # CIFAR ResNet-56 (batch 32); 1 thread and all cores
     python benchmarks/latency.py --quick    # CIFAR ResNet-20, batch 8, 1 thread, params 0.5 + latency 0.3, 3 rounds
     python benchmarks/latency.py --models cifar-resnet56 --uniform 16 8 4 2 1
+    python benchmarks/latency.py --models resnet18 mobilenet_v2 cifar-resnet56 --threads 1 --check-model 6
 
 ``--uniform K ...`` measures instead how much latency channel removal can take away
 at all: every group cut to its first ``K`` channels (at most its width), for each
 ``K``, timed against the dense model in one interleaved run
 (``results/latency-uniform-<models>.json`` and ``.md``).
+
+``--check-model N`` tests the latency model instead: N randomly pruned models per
+model and thread count (each group keeps a random set of channels, their count drawn
+on the rounding grid), their latency removal predicted by tables with and without
+ONNX Runtime's layout conversions (built from the same timings) and measured in one
+interleaved run (``results/latency-check-<models>.json`` and ``.md``).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 from torch.utils.data import DataLoader, TensorDataset
@@ -40,13 +48,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import attnprune  # noqa: E402
 from attnprune.deploy.channels import machine_multiple  # noqa: E402
 from attnprune.deploy.latency_model import build_latency_model  # noqa: E402
+from attnprune.deploy.latency_table import DenseTimer, OrtTimer  # noqa: E402
 from attnprune.deploy.machine import cpu_model, vector_extensions  # noqa: E402
 from attnprune.deploy.ort_session import default_threads  # noqa: E402
 from attnprune.errors import BudgetError  # noqa: E402
 from attnprune.models import resnet20, resnet56  # noqa: E402
 
 from _common import write  # noqa: E402
-from _latency_tables import defaults_table, uniform_table  # noqa: E402
+from _latency_tables import check_table, defaults_table, uniform_table  # noqa: E402
 
 #: name -> (builder, per-call input shape at batch 1, batch size timed)
 SETUPS = {
@@ -123,13 +132,18 @@ def run_model(name: str, threads: int, arms, rounds: int) -> dict:
     return row
 
 
-def _cut(build, x, k: int) -> torch.nn.Module:
-    """The model with every channel group cut to its first ``k`` channels (physically pruned)."""
+def _pruned(build, x, masks_of) -> torch.nn.Module:
+    """The model physically pruned to ``masks_of(groups)`` (one keep-mask per channel group)."""
     torch.manual_seed(0)
     inst = attnprune.instrument(build().eval(), x)
-    inst.set_masks([torch.arange(g.n_channels) < k for g in inst.groups])
+    inst.set_masks(masks_of(inst.groups))
     inst.mode = "binary"
     return inst.finalize()
+
+
+def _cut(build, x, k: int) -> torch.nn.Module:
+    """The model with every channel group cut to its first ``k`` channels (physically pruned)."""
+    return _pruned(build, x, lambda groups: [torch.arange(g.n_channels) < k for g in groups])
 
 
 def run_uniform(name: str, threads: int, ks, rounds: int) -> dict:
@@ -150,6 +164,90 @@ def run_uniform(name: str, threads: int, ks, rounds: int) -> dict:
     return {"model": name, "batch": batch, "input": list(shape), "threads": threads, "cuts": cuts, "result": d}
 
 
+class _SharedTimings:
+    """One ONNX Runtime timing per grid point, read as tables with and without the layout conversions."""
+
+    def __init__(self, threads: int):
+        self._timer = OrtTimer(threads)
+        self._memo: dict = {}
+
+    def _get(self, spec, k_out: int, k_in: int) -> tuple[float, float]:
+        key = (spec, k_out, k_in)
+        if key not in self._memo:
+            self._memo[key] = self._timer.measure(spec, k_out, k_in)
+        return self._memo[key]
+
+    def with_reorders(self, spec, k_out: int, k_in: int) -> float:
+        return self._get(spec, k_out, k_in)[0]
+
+    def without_reorders(self, spec, k_out: int, k_in: int) -> float:
+        seconds, share = self._get(spec, k_out, k_in)
+        return seconds * share
+
+    def close(self) -> None:
+        self._timer.close()
+
+
+def _random_masks(groups, multiple: int, low: float, rng: np.random.Generator) -> list[torch.Tensor]:
+    """Per group a random set of channels, its count drawn from [low, 1] of the width on the rounding grid."""
+    masks = []
+    for g in groups:
+        n = g.n_channels
+        k = n if n <= multiple else min(n, max(multiple, int(round(rng.uniform(low, 1.0) * n / multiple)) * multiple))
+        m = torch.zeros(n, dtype=torch.bool)
+        m[torch.from_numpy(rng.permutation(n)[:k])] = True
+        masks.append(m)
+    return masks
+
+
+#: Lowest kept fraction per group of the random masks of ``--check-model``, in turn.
+CHECK_LOWS = (0.15, 0.3, 0.5)
+
+
+def run_check(name: str, threads: int, n_masks: int, rounds: int) -> dict:
+    """Predicted against measured latency removal on ``n_masks`` randomly pruned models.
+
+    The latency model is built twice from the same timings (the tables with and without
+    ONNX Runtime's layout conversions, :class:`~attnprune.deploy.latency_table.OrtTimer`)
+    and the dense latency measured once; the pruned models and the dense one are then
+    timed in one interleaved run.
+    """
+    build, shape, batch = SETUPS[name]
+    x = torch.randn(*shape)
+    multiple = machine_multiple("cpu")[0]
+    torch.manual_seed(0)
+    dense = build().eval()
+    inst = attnprune.instrument(dense, x)
+    timings = _SharedTimings(threads)
+    try:
+        dense_timer = DenseTimer(dense, (x,), batch, threads, "cpu")
+        dense_timer.sample()
+        opts = dict(batch=batch, threads=threads, multiple=multiple, cache_dir=False)
+        build_latency_model(inst, timer=timings.without_reorders, dense_latency=1.0, **opts)  # fills the timings
+        dense_s = dense_timer.result()
+        lms = {key: build_latency_model(inst, timer=getattr(timings, key), dense_latency=dense_s, **opts)
+               for key in ("without_reorders", "with_reorders")}
+    finally:
+        timings.close()
+    rng = np.random.default_rng(0)
+    masks = [_random_masks(inst.groups, multiple, CHECK_LOWS[i % len(CHECK_LOWS)], rng) for i in range(n_masks)]
+    predicted = [{key: lm.removed_fraction(m) for key, lm in lms.items()} for m in masks]
+    inst.remove()
+    models = {"dense": build().eval(), **{f"m{i}": _pruned(build, x, lambda _, m=m: m) for i, m in enumerate(masks)}}
+    d = attnprune.benchmark(models, x, batch_sizes=(batch,), threads=threads, rounds=rounds).to_dict()
+    checks = []
+    for p in d["pairs"]:
+        i = int(p["model"][1:])
+        checks.append({"mask": i, "low": CHECK_LOWS[i % len(CHECK_LOWS)], "macs_ratio": p["macs_ratio"],
+                       "speedup": p["speedup"], "measured_removed": 1 - 1 / p["speedup"], "predicted": predicted[i]})
+        c = checks[-1]
+        print(f"{name:16s} {threads:2d} thr  mask {i}: MACs ratio {c['macs_ratio']:.2f}  measured "
+              f"{c['measured_removed']:.3f}  predicted {c['predicted']['without_reorders']:.3f} without reorders, "
+              f"{c['predicted']['with_reorders']:.3f} with", flush=True)
+    return {"model": name, "batch": batch, "input": list(shape), "threads": threads, "multiple": multiple,
+            "dense_ms": 1e3 * dense_s, "checks": checks, "result": d}
+
+
 def to_markdown(payload: dict) -> str:
     """The Markdown table written beside the JSON (the one ``make_results.py`` renders)."""
     return "\n".join(defaults_table(payload))
@@ -165,13 +263,27 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", default=None)
     ap.add_argument("--uniform", type=int, nargs="+", default=None, metavar="K",
                     help="instead of the default arms: every group cut to K channels, for each K")
+    ap.add_argument("--check-model", type=int, default=None, metavar="N",
+                    help="instead of the default arms: the latency model's predictions against measurement on N "
+                         "randomly pruned models, with and without the layout conversions in the tables")
     args = ap.parse_args(argv)
+    if args.check_model is not None and args.check_model < 1:
+        raise SystemExit(f"--check-model takes a number of models >= 1, got {args.check_model}")
     if args.uniform is not None and min(args.uniform) < 1:
         raise SystemExit(f"--uniform takes channel counts >= 1, got {args.uniform}")
     arms = ARMS
     if args.quick:
         args.models, args.rounds, args.threads, arms = ["cifar-resnet20"], 3, [1], QUICK_ARMS
     threads = args.threads or sorted({1, default_threads()})
+    if args.check_model is not None:
+        rows = [run_check(name, t, args.check_model, args.rounds) for name in args.models for t in threads]
+        payload = {"format": 2, "cpu_model": cpu_model(), "vector_extensions": vector_extensions(),
+                   "check_model": args.check_model, "threads": threads, "rounds": args.rounds, "rows": rows}
+        path = write("latency-check-" + "_".join(args.models) + ("-quick" if args.quick else ""), payload,
+                     args.out_dir)
+        path.with_suffix(".md").write_text("\n".join(check_table(payload)))
+        print(f"wrote {path}")
+        return 0
     if args.uniform is not None:
         rows = [run_uniform(name, t, args.uniform, args.rounds) for name in args.models for t in threads]
         payload = {"format": 2, "cpu_model": cpu_model(), "vector_extensions": vector_extensions(),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _latency_tables import defaults_table, uniform_table  # noqa: E402
+from _latency_tables import check_table, defaults_table, uniform_table  # noqa: E402
 from _overlap import overlap_section  # noqa: E402
 from _paired_tables import render_file  # noqa: E402
 from _records import read_records  # noqa: E402
@@ -220,7 +220,8 @@ def latency_section(results_dir: Path) -> list[str]:
         return lines + ["Not recorded yet: run `python benchmarks/latency.py`.", ""]
     for f in files:
         if f.get("format") == 2:
-            lines += _source(f) + (uniform_table(f) if "uniform" in f else defaults_table(f))
+            table = uniform_table if "uniform" in f else check_table if "check_model" in f else defaults_table
+            lines += _source(f) + table(f)
             continue
         lines += _source(f)
         env = next(iter(f["models"].values()))["result"]["environment"]

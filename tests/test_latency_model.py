@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from torch import nn
 import attnprune
 from attnprune.deploy import latency_cache
 from attnprune.deploy.latency_model import LatencyModel, build_latency_model
-from attnprune.deploy.latency_table import grid_points
+from attnprune.deploy.latency_table import REORDER_OPS, OrtTimer, grid_points, kernel_share, layer_specs
 from attnprune.models import build_model
 
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
@@ -378,6 +379,52 @@ def test_predict_is_fast(resnet20):
 # --------------------------------------------------------------------------- #
 # Real ONNX Runtime
 # --------------------------------------------------------------------------- #
+def _kernel(op: str, dur: float) -> dict:
+    return {"cat": "Node", "name": f"{op}_node_kernel_time", "dur": dur, "args": {"op_name": op}}
+
+
+def test_kernel_share_leaves_out_the_layout_conversions():
+    trace = [_kernel("ReorderInput", 10), _kernel("Conv", 60), _kernel("ReorderOutput", 30),
+             {"cat": "Session", "name": "model_run", "dur": 500},  # not a kernel
+             {"cat": "Node", "name": "Conv_node_fence_before", "dur": 7, "args": {"op_name": "Conv"}}]
+    assert kernel_share(trace) == pytest.approx(0.6)
+    assert kernel_share(trace, excluded=()) == 1.0
+    assert kernel_share([]) == 1.0  # nothing profiled: the timing stays whole
+    assert set(REORDER_OPS) == {"ReorderInput", "ReorderOutput"}
+
+
+def _conv_spec(channels: int = 32, size: int = 28):
+    conv = nn.Conv2d(channels, channels, 3, padding=1)
+    return layer_specs(conv, (torch.randn(1, channels, size, size),), [conv], 1)[0][0]
+
+
+def test_ort_timer_leaves_out_the_reorders_around_a_lone_conv(tmp_path, monkeypatch):
+    from attnprune.deploy.machine import vector_extensions
+
+    if "avx2" not in vector_extensions():
+        pytest.skip("ONNX Runtime's NCHWc layout (and its reorders) needs AVX2 or better")
+    monkeypatch.chdir(tmp_path)
+    spec = _conv_spec()
+    timer = OrtTimer(1)
+    try:
+        seconds, share = timer.measure(spec, 32, 32)
+        assert seconds > 0 and 0.05 < share < 1  # the blocked conv is wrapped in two reorders
+        assert timer.measure(spec, 32, 32, share=False)[1] == 1.0
+        assert not list(Path(timer._dir.name).glob("trace*"))  # the profiler's trace is removed
+    finally:
+        timer.close()
+    assert not list(tmp_path.iterdir())  # and nothing lands in the working directory
+    from attnprune.deploy import latency_table
+
+    monkeypatch.setattr(latency_table, "time_call", lambda *a, **k: 1e-3)  # a steady clock
+    for exclude, expect in ((True, lambda v: 0.05e-3 < v < 1e-3), (False, lambda v: v == 1e-3)):
+        timer = OrtTimer(1, exclude_reorders=exclude)
+        try:
+            assert expect(timer(spec, 32, 32))  # the default drops the reorders' share of a timing
+        finally:
+            timer.close()
+
+
 @pytest.mark.slow
 def test_real_ort_prediction_matches_measured_latency(tmp_path):
     import copy

@@ -25,7 +25,9 @@ from . import machine
 
 __all__ = ["cache_key", "default_cache_dir", "load_cached", "machine_identity", "save_cached"]
 
-FORMAT = 1
+#: 2: tables leave out ONNX Runtime's layout conversions (``OrtTimer(exclude_reorders=True)``);
+#: a format-1 file (conversions included) is not used.
+FORMAT = 2
 
 
 def default_cache_dir() -> Path:

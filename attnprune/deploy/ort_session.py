@@ -53,6 +53,7 @@ def onnx_session(
     threads: int | None = None,
     *,
     allow_spinning: bool = False,
+    profile_prefix: str | os.PathLike[str] | None = None,
 ):
     """Creates an ONNX Runtime ``InferenceSession`` with fixed threading.
 
@@ -78,6 +79,9 @@ def onnx_session(
             may use (``os.sched_getaffinity``, else ``os.cpu_count()``).
         allow_spinning: Keep ONNX Runtime's default busy-waiting of idle
             intra-op threads.
+        profile_prefix: Turn on ONNX Runtime's profiler, writing its JSON trace
+            to a file whose name starts with this prefix
+            (``session.end_profiling()`` returns the path).
 
     Returns:
         An ``onnxruntime.InferenceSession``.
@@ -117,6 +121,9 @@ def onnx_session(
     options.add_session_config_entry(
         "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
     )
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     if session.get_providers()[0] != ort_provider:
         raise RuntimeError(
