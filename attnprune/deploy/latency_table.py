@@ -312,13 +312,19 @@ class OrtTimer:
     blocked NCHWc layout and its output back (:data:`REORDER_OPS`), which a conv
     inside a chain of blocked convs does not. Those conversions cost in proportion to
     the activations, not to the MACs, so they shrink more slowly than the conv under
-    pruning: on torchvision MobileNetV2 (batch 1, one thread, AVX-512) they were 40%
-    of the one-node kernel time, and tables that included them under-predicted the
-    latency removed from randomly pruned models by 2-8 points (mean 4.8). With
-    ``exclude_reorders`` (the default) each timing is scaled by the share of its
-    kernel time spent outside them, taken from ONNX Runtime's profiler in a second,
-    short session: the mean error fell to 1.6 points there and stayed within 1-2
-    points on ResNet-18 and CIFAR ResNet-56 (``benchmarks/latency.py --check-model``).
+    pruning: on torchvision MobileNetV2 (batch 1, one thread, AVX-512) they were 46%
+    of the one-node kernel time. With ``exclude_reorders`` (the default) each timing
+    is scaled by the share of its kernel time spent outside them, taken from ONNX
+    Runtime's profiler in a second, short session. Measured on 6 randomly pruned
+    models each of resnet18/50, mobilenet_v2, efficientnet_b0 and CIFAR ResNet-56 at
+    1 and 2 threads (an Intel Xeon with AVX-512, 2 cores; ``python
+    benchmarks/latency.py --check-model 6``): the mean absolute error of the
+    predicted fraction of latency removed was 0.019 without the conversions against
+    0.034 with them (worst 0.069 against 0.091). At one thread tables with them were
+    a little closer on four of the five models (mean absolute error lower by 0.002 to
+    0.014) and far off on mobilenet_v2 (0.061 against 0.019); at two threads they
+    were further on all five, under-predicting the removal by 2.7 to 6.5 points on
+    average.
 
     Args:
         threads: Intra-op threads of every session.
