@@ -204,17 +204,18 @@ def _random_masks(groups, multiple: int, low: float, rng: np.random.Generator) -
 CHECK_LOWS = (0.15, 0.3, 0.5)
 
 
-def run_check(name: str, threads: int, n_masks: int, rounds: int) -> dict:
+def run_check(name: str, threads: int, n_masks: int, rounds: int, multiple: int | None = None) -> dict:
     """Predicted against measured latency removal on ``n_masks`` randomly pruned models.
 
     The latency model is built twice from the same timings (the tables with and without
     ONNX Runtime's layout conversions, :class:`~attnprune.deploy.latency_table.OrtTimer`)
     and the dense latency measured once; the pruned models and the dense one are then
-    timed in one interleaved run.
+    timed in one interleaved run. ``multiple``: the rounding grid (default: the one
+    ``round_to="auto"`` picks here; a smaller one is what its latency fallback uses).
     """
     build, shape, batch = SETUPS[name]
     x = torch.randn(*shape)
-    multiple = machine_multiple("cpu")[0]
+    multiple = multiple or machine_multiple("cpu")[0]
     torch.manual_seed(0)
     dense = build().eval()
     inst = attnprune.instrument(dense, x)
@@ -266,7 +267,11 @@ def main(argv=None) -> int:
     ap.add_argument("--check-model", type=int, default=None, metavar="N",
                     help="instead of the default arms: the latency model's predictions against measurement on N "
                          "randomly pruned models, with and without the layout conversions in the tables")
+    ap.add_argument("--multiple", type=int, default=None,
+                    help="with --check-model: the rounding grid of the masks and tables (default: round_to='auto')")
     args = ap.parse_args(argv)
+    if args.multiple is not None and (args.check_model is None or args.multiple < 1):
+        raise SystemExit(f"--multiple takes a channel multiple >= 1 and goes with --check-model, got {args.multiple}")
     if args.check_model is not None and args.check_model < 1:
         raise SystemExit(f"--check-model takes a number of models >= 1, got {args.check_model}")
     if args.uniform is not None and min(args.uniform) < 1:
@@ -276,11 +281,12 @@ def main(argv=None) -> int:
         args.models, args.rounds, args.threads, arms = ["cifar-resnet20"], 3, [1], QUICK_ARMS
     threads = args.threads or sorted({1, default_threads()})
     if args.check_model is not None:
-        rows = [run_check(name, t, args.check_model, args.rounds) for name in args.models for t in threads]
+        rows = [run_check(name, t, args.check_model, args.rounds, args.multiple) for name in args.models
+                for t in threads]
         payload = {"format": 2, "cpu_model": cpu_model(), "vector_extensions": vector_extensions(),
                    "check_model": args.check_model, "threads": threads, "rounds": args.rounds, "rows": rows}
-        path = write("latency-check-" + "_".join(args.models) + ("-quick" if args.quick else ""), payload,
-                     args.out_dir)
+        suffix = (f"-m{args.multiple}" if args.multiple else "") + ("-quick" if args.quick else "")
+        path = write("latency-check-" + "_".join(args.models) + suffix, payload, args.out_dir)
         path.with_suffix(".md").write_text("\n".join(check_table(payload)))
         print(f"wrote {path}")
         return 0

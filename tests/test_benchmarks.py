@@ -136,6 +136,33 @@ def test_uniform_cuts_time_every_group_cut_to_k_channels(tmp_path):
         latency.main(["--quick", "--uniform", "0"])
 
 
+@pytest.mark.slow
+def test_check_model_compares_predictions_with_measurement(tmp_path):
+    latency = _load("latency")
+    assert latency.main(["--quick", "--check-model", "2", "--multiple", "8", "--out-dir", str(tmp_path)]) == 0
+    d = json.loads((tmp_path / "latency-check-cifar-resnet20-m8-quick.json").read_text())
+    (row,) = d["rows"]
+    assert row["multiple"] == 8 and [c["mask"] for c in row["checks"]] == [0, 1]
+    for c in row["checks"]:
+        assert c["macs_ratio"] > 1 and c["measured_removed"] == pytest.approx(1 - 1 / c["speedup"])
+        assert set(c["predicted"]) == {"without_reorders", "with_reorders"}
+        assert all(0 < v < 1 for v in c["predicted"].values())
+    assert "| cifar-resnet20 | 8 | 1 | 8 |" in (tmp_path / "latency-check-cifar-resnet20-m8-quick.md").read_text()
+    with pytest.raises(SystemExit, match="--check-model takes a number of models >= 1"):
+        latency.main(["--quick", "--check-model", "0"])
+    with pytest.raises(SystemExit, match="--multiple takes a channel multiple >= 1 and goes with --check-model"):
+        latency.main(["--quick", "--multiple", "8"])
+
+
+def test_check_table_gives_each_variants_mean_and_worst_error():
+    checks = [{"measured_removed": 0.5, "predicted": {"without_reorders": 0.52, "with_reorders": 0.44}},
+              {"measured_removed": 0.3, "predicted": {"without_reorders": 0.29, "with_reorders": 0.27}}]
+    payload = {"check_model": 2, "rounds": 3, "cpu_model": "cpu", "vector_extensions": ["avx2"],
+               "rows": [{"model": "m", "batch": 1, "threads": 2, "multiple": 8, "checks": checks}]}
+    lines = _load("_latency_tables").check_table(payload)
+    assert "| m | 1 | 2 | 8 | 0.015 / +0.020 | 0.045 / -0.060 |" in lines
+
+
 def test_closed_set_overlap_on_hand_worked_sets():
     overlap = _bench_module("_overlap")
     a, b = {"g1": [0, 1], "g2": [3]}, {"g1": [1, 2], "g2": [3]}
