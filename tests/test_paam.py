@@ -223,7 +223,9 @@ def test_lambda_calibration_separates_scores():
     acc_binary = attnprune.evaluate(model, test)
     print(f"near threshold {near:.1%}; top-1 analog {acc_analog:.1f}%, binary {acc_binary:.1f}%")
     assert near < 0.25, f"{near:.0%} of scores lie within 0.05 of the threshold"
-    assert abs(acc_analog - acc_binary) <= 5.0, (acc_analog, acc_binary)
+    # measured 1-5 points on AMD EPYC machines and 6.1 on an Intel Xeon (other float kernels, another
+    # trajectory); one AN phase leaves a ~30-point gap, so 8 still tells separation from none
+    assert abs(acc_analog - acc_binary) <= 8.0, (acc_analog, acc_binary)
     assert acc_binary > 50.0, "the pruned selection must still classify (chance is 10%)"
     inst.remove()
 
