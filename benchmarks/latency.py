@@ -254,6 +254,16 @@ def to_markdown(payload: dict) -> str:
     return "\n".join(defaults_table(payload))
 
 
+def _save(name: str, fields: dict, rows: list, args, threads: list[int], table) -> int:
+    """Write a format-2 record (``results/<name>.json``) and its Markdown ``table`` beside it."""
+    payload = {"format": 2, "cpu_model": cpu_model(), "vector_extensions": vector_extensions(), **fields,
+               "threads": threads, "rounds": args.rounds, "rows": rows}
+    path = write(name, payload, args.out_dir)
+    path.with_suffix(".md").write_text("\n".join(table(payload)))
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="CIFAR ResNet-20, 1 thread, two arms, 3 rounds")
@@ -280,25 +290,16 @@ def main(argv=None) -> int:
     if args.quick:
         args.models, args.rounds, args.threads, arms = ["cifar-resnet20"], 3, [1], QUICK_ARMS
     threads = args.threads or sorted({1, default_threads()})
+    quick = "-quick" if args.quick else ""
     if args.check_model is not None:
         rows = [run_check(name, t, args.check_model, args.rounds, args.multiple) for name in args.models
                 for t in threads]
-        payload = {"format": 2, "cpu_model": cpu_model(), "vector_extensions": vector_extensions(),
-                   "check_model": args.check_model, "threads": threads, "rounds": args.rounds, "rows": rows}
-        suffix = (f"-m{args.multiple}" if args.multiple else "") + ("-quick" if args.quick else "")
-        path = write("latency-check-" + "_".join(args.models) + suffix, payload, args.out_dir)
-        path.with_suffix(".md").write_text("\n".join(check_table(payload)))
-        print(f"wrote {path}")
-        return 0
+        name = "latency-check-" + "_".join(args.models) + (f"-m{args.multiple}" if args.multiple else "")
+        return _save(name + quick, {"check_model": args.check_model}, rows, args, threads, check_table)
     if args.uniform is not None:
         rows = [run_uniform(name, t, args.uniform, args.rounds) for name in args.models for t in threads]
-        payload = {"format": 2, "cpu_model": cpu_model(), "vector_extensions": vector_extensions(),
-                   "uniform": args.uniform, "threads": threads, "rounds": args.rounds, "rows": rows}
-        path = write("latency-uniform-" + "_".join(args.models) + ("-quick" if args.quick else ""), payload,
-                     args.out_dir)
-        path.with_suffix(".md").write_text("\n".join(uniform_table(payload)))
-        print(f"wrote {path}")
-        return 0
+        return _save("latency-uniform-" + "_".join(args.models) + quick, {"uniform": args.uniform}, rows, args,
+                     threads, uniform_table)
     rows = []
     with tempfile.TemporaryDirectory(prefix="attnprune-latency-cache-") as cache:
         old = os.environ.get("ATTNPRUNE_CACHE")
@@ -312,14 +313,9 @@ def main(argv=None) -> int:
                 os.environ.pop("ATTNPRUNE_CACHE", None)
             else:
                 os.environ["ATTNPRUNE_CACHE"] = old
-    payload = {"format": 2, "cpu_model": cpu_model(), "vector_extensions": vector_extensions(),
-               "round_to_auto": machine_multiple("cpu")[0], "arms": [list(a) for a in arms],
-               "threads": threads, "rounds": args.rounds, "rows": rows}
-    setup = "latency-defaults-" + "_".join(args.models) + ("-quick" if args.quick else "")
-    path = write(setup, payload, args.out_dir)
-    path.with_suffix(".md").write_text(to_markdown(payload))
-    print(f"wrote {path}")
-    return 0
+    return _save("latency-defaults-" + "_".join(args.models) + quick,
+                 {"round_to_auto": machine_multiple("cpu")[0], "arms": [list(a) for a in arms]}, rows, args, threads,
+                 defaults_table)
 
 
 if __name__ == "__main__":
