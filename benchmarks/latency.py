@@ -28,12 +28,16 @@ model and thread count (each group keeps a random set of channels, their count d
 on the rounding grid), their latency removal predicted by tables with and without
 ONNX Runtime's layout conversions (built from the same timings) and measured in one
 interleaved run (``results/latency-check-<models>.json`` and ``.md``).
+
+``--tag T`` appends ``-T`` to the record's name, so a record from one machine
+(e.g. ``--tag avx2``) does not replace another's.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -272,6 +276,9 @@ def main(argv=None) -> int:
                     help="ONNX Runtime thread counts (default: 1 and all usable cores)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--out-dir", default=None)
+    ap.add_argument("--tag", default=None,
+                    help="appended to the record's file name, e.g. 'avx2' to keep one machine's record beside "
+                         "another's")
     ap.add_argument("--uniform", type=int, nargs="+", default=None, metavar="K",
                     help="instead of the default arms: every group cut to K channels, for each K")
     ap.add_argument("--check-model", type=int, default=None, metavar="N",
@@ -290,7 +297,9 @@ def main(argv=None) -> int:
     if args.quick:
         args.models, args.rounds, args.threads, arms = ["cifar-resnet20"], 3, [1], QUICK_ARMS
     threads = args.threads or sorted({1, default_threads()})
-    quick = "-quick" if args.quick else ""
+    if args.tag is not None and not re.fullmatch(r"[A-Za-z0-9_.]+", args.tag):
+        raise SystemExit(f"--tag takes letters, digits, '_' and '.', got {args.tag!r}")
+    quick = (f"-{args.tag}" if args.tag else "") + ("-quick" if args.quick else "")
     if args.check_model is not None:
         rows = [run_check(name, t, args.check_model, args.rounds, args.multiple) for name in args.models
                 for t in threads]

@@ -124,16 +124,20 @@ def test_another_data_order_starts_from_the_same_checkpoints(results, tmp_path):
 @pytest.mark.slow
 def test_uniform_cuts_time_every_group_cut_to_k_channels(tmp_path):
     latency = _load("latency")
-    assert latency.main(["--quick", "--uniform", "8", "4", "--out-dir", str(tmp_path)]) == 0
-    d = json.loads((tmp_path / "latency-uniform-cifar-resnet20-quick.json").read_text())
+    assert latency.main(["--quick", "--uniform", "8", "4", "--tag", "avx2", "--out-dir", str(tmp_path)]) == 0
+    d = json.loads((tmp_path / "latency-uniform-cifar-resnet20-avx2-quick.json").read_text())
     (row,) = d["rows"]
     assert [c["k"] for c in row["cuts"]] == [8, 4] and d["vector_extensions"] is not None
     # fewer channels, fewer MACs: ResNet-20's 16/32/64-wide groups at 8 and at 4 channels
     assert 1 < row["cuts"][0]["macs_ratio"] < row["cuts"][1]["macs_ratio"]
     assert all(c["latency_removed"] == pytest.approx(1 - 1 / c["speedup"]) for c in row["cuts"])
-    assert "| cifar-resnet20 | 8 | 1 | 4 |" in (tmp_path / "latency-uniform-cifar-resnet20-quick.md").read_text()
+    assert "| cifar-resnet20 | 8 | 1 | 4 |" in (tmp_path / "latency-uniform-cifar-resnet20-avx2-quick.md").read_text()
     with pytest.raises(SystemExit, match="--uniform takes channel counts >= 1"):
         latency.main(["--quick", "--uniform", "0"])
+    with pytest.raises(SystemExit, match="--tag takes letters, digits"):
+        latency.main(["--quick", "--uniform", "8", "--tag", "a/b", "--out-dir", str(tmp_path)])
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["latency-uniform-cifar-resnet20-avx2-quick.json",
+                                                          "latency-uniform-cifar-resnet20-avx2-quick.md"]
 
 
 @pytest.mark.slow
