@@ -393,6 +393,20 @@ def test_kernel_share_leaves_out_the_layout_conversions():
     assert set(REORDER_OPS) == {"ReorderInput", "ReorderOutput"}
 
 
+def _run_trace(ts: float, reorder: float, conv: float) -> list[dict]:
+    return [{"cat": "Session", "name": "model_run", "ts": ts, "dur": reorder + conv},
+            {**_kernel("ReorderInput", reorder), "ts": ts + 1}, {**_kernel("Conv", conv), "ts": ts + 2}]
+
+
+def test_kernel_share_leaves_out_the_warm_up_runs():
+    # a cold first run (its buffers written for the first time) and two steady ones
+    trace = _run_trace(0, 60, 40) + _run_trace(100, 20, 80) + _run_trace(200, 20, 80)
+    assert kernel_share(trace) == pytest.approx(200 / 300)
+    assert kernel_share(trace, skip_runs=1) == pytest.approx(0.8)
+    assert kernel_share(trace, skip_runs=2) == pytest.approx(0.8)
+    assert kernel_share(trace, skip_runs=3) == 1.0  # no run left: the timing stays whole
+
+
 def _conv_spec(channels: int = 32, size: int = 28):
     conv = nn.Conv2d(channels, channels, 3, padding=1)
     return layer_specs(conv, (torch.randn(1, channels, size, size),), [conv], 1)[0][0]

@@ -26,8 +26,9 @@ from . import machine
 __all__ = ["cache_key", "default_cache_dir", "load_cached", "machine_identity", "save_cached"]
 
 #: 2: tables leave out ONNX Runtime's layout conversions (``OrtTimer(exclude_reorders=True)``);
-#: a format-1 file (conversions included) is not used.
-FORMAT = 2
+#: 3: their share is taken after warm-up runs (:func:`~attnprune.deploy.latency_table.kernel_share`).
+#: A file of another format is not used.
+FORMAT = 3
 
 
 def default_cache_dir() -> Path:

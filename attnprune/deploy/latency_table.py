@@ -278,20 +278,31 @@ def time_call(run: Callable[[], object], *, warmup: int, samples: int, min_sampl
 REORDER_OPS = ("ReorderInput", "ReorderOutput")
 
 
-def kernel_share(trace: list[dict], excluded: tuple[str, ...] = REORDER_OPS) -> float:
+def kernel_share(trace: list[dict], excluded: tuple[str, ...] = REORDER_OPS, skip_runs: int = 0) -> float:
     """Fraction of the kernel time in an ONNX Runtime profiler trace spent outside ``excluded`` ops.
 
     Args:
         trace: The parsed JSON trace (``session.end_profiling()``'s file): events with
-            ``cat == "Node"`` and a name ending in ``_kernel_time`` are the kernels.
+            ``cat == "Node"`` and a name ending in ``_kernel_time`` are the kernels;
+            ``model_run`` events (``cat == "Session"``) span one run each.
         excluded: Op types (``args.op_name``) left out of the numerator.
+        skip_runs: Leave out the kernels of the first ``skip_runs`` runs (warm-ups: a
+            fresh session's first runs touch their buffers for the first time, which
+            lands in the layout conversions, the first ops to write; see
+            :class:`OrtTimer`). Kernels before the first kept run are left out.
 
     Returns:
         A share in ``[0, 1]``; 1 when the trace holds no kernel time.
     """
+    start = -math.inf
+    if skip_runs > 0:
+        runs = sorted(float(e.get("ts", 0)) for e in trace
+                      if e.get("cat") == "Session" and e.get("name") == "model_run")
+        start = runs[skip_runs] if len(runs) > skip_runs else math.inf
     kept = total = 0.0
     for e in trace:
-        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+        if (e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
+                and float(e.get("ts", 0)) >= start):
             d = float(e.get("dur", 0))
             total += d
             if e.get("args", {}).get("op_name") not in excluded:
@@ -315,7 +326,12 @@ class OrtTimer:
     pruning: on torchvision MobileNetV2 (batch 1, one thread, AVX-512) they were 46%
     of the one-node kernel time. With ``exclude_reorders`` (the default) each timing
     is scaled by the share of its kernel time spent outside them, taken from ONNX
-    Runtime's profiler in a second, short session. Measured on 6 randomly pruned
+    Runtime's profiler in a second, short session, leaving out its warm-up runs: a
+    fresh session's first runs write their buffers for the first time, and that cost
+    lands in the conversions, the first ops to write (a 16-channel CIFAR ResNet-56 conv
+    at batch 32, one thread, AMD EPYC with AVX2: share 0.54 and 0.66 in the first two
+    runs, 0.79-0.84 after; a share taken over the first runs made such convs' tables
+    ~25% too fast against their 8-channel prunings). Measured on 6 randomly pruned
     models each of resnet18/50, mobilenet_v2, efficientnet_b0 and CIFAR ResNet-56 at
     1 and 2 threads (an Intel Xeon with AVX-512, 2 cores; ``python
     benchmarks/latency.py --check-model 6``): the mean absolute error of the
@@ -361,6 +377,9 @@ class OrtTimer:
 
     def _share(self, model, path: Path, spec: LayerSpec) -> float:
         session, run = self._bound(model, path, spec, profile=True)
+        warmup = max(self.warmup, 2)
+        for _ in range(warmup):
+            run()
         start, n = time.perf_counter(), 0
         while n < 3 or time.perf_counter() - start < self.profile_s:
             run()
@@ -370,7 +389,7 @@ class OrtTimer:
             trace = json.loads(trace_path.read_text())
         finally:
             trace_path.unlink(missing_ok=True)
-        return kernel_share(trace)
+        return kernel_share(trace, skip_runs=warmup)
 
     def measure(self, spec: LayerSpec, k_out: int, k_in: int, *, share: bool = True) -> tuple[float, float]:
         """Seconds per run of the one-node model, and the share of its kernel time outside the reorders.
