@@ -349,7 +349,8 @@ class OrtTimer:
         samples: Timed samples; their minimum is returned (see :func:`time_call`).
         min_sample_s: Minimum duration of one sample.
         exclude_reorders: Leave the layout conversions out (CPU only; see above).
-        profile_s: Minimum duration of the profiled runs that measure their share.
+        profile_s: Minimum duration of the profiled runs that measure their share
+            (after ``max(warmup, 2)`` warm-up runs, which the share leaves out).
     """
 
     def __init__(self, threads: int, provider: str = "cpu", *, warmup: int = 2, samples: int = 5,
