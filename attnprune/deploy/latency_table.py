@@ -340,7 +340,12 @@ class OrtTimer:
     a little closer on four of the five models (mean absolute error lower by 0.002 to
     0.014) and far off on mobilenet_v2 (0.061 against 0.019); at two threads they
     were further on all five, under-predicting the removal by 2.7 to 6.5 points on
-    average.
+    average (those shares were still taken over the first runs). On an AMD EPYC with
+    AVX2 only (multiples of 8, shares after warm-ups; ``--check-model 6 --tag avx2``):
+    0.026 without against 0.033 with (worst 0.114, efficientnet_b0 at one thread,
+    against 0.099); with them closer at one thread on mobilenet_v2 and
+    efficientnet_b0 (0.021 and 0.022 against 0.042 and 0.068), further at two threads
+    on four of the five.
 
     Args:
         threads: Intra-op threads of every session.
