@@ -92,14 +92,16 @@ def uniform_table(payload: dict) -> list[str]:
 
 #: The latency model's variants in a ``--check-model`` record, in table order.
 CHECK_VARIANTS = (("without_reorders", "tables without layout conversions (default)"),
-                  ("with_reorders", "tables with them"))
+                  ("with_reorders", "tables with them"),
+                  ("without_reorders_layers", "without them, residual scaled with the layers"))
 
 
 def check_table(payload: dict) -> list[str]:
     """The Markdown lines of a ``--check-model`` record: predicted vs measured removal, and each variant's errors."""
     lines = [f"The latency model against measurement: {payload['check_model']} randomly pruned models per row "
              f"(channel counts on the rounding grid), predicted by tables with and without ONNX Runtime's layout "
-             f"conversions (the same timings) and timed against the dense model in one interleaved run "
+             f"conversions (the same timings; the residual split by a profile of the dense run, or scaled with the "
+             f"layers) and timed against the dense model in one interleaved run "
              f"({payload['rounds']} rounds); {payload['cpu_model']}, vector extensions "
              f"{', '.join(payload['vector_extensions'] or ['unknown'])}. Error = predicted − measured latency "
              "removed.", "",
@@ -109,6 +111,9 @@ def check_table(payload: dict) -> list[str]:
     for row in payload["rows"]:
         cells = []
         for key, _ in CHECK_VARIANTS:
+            if any(key not in c["predicted"] for c in row["checks"]):  # a record from before the variant
+                cells.append("—")
+                continue
             errs = [c["predicted"][key] - c["measured_removed"] for c in row["checks"]]
             worst = max(errs, key=abs)
             cells.append(f"{sum(abs(e) for e in errs) / len(errs):.3f} / {worst:+.3f}")

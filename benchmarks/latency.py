@@ -26,8 +26,9 @@ at all: every group cut to its first ``K`` channels (at most its width), for eac
 ``--check-model N`` tests the latency model instead: N randomly pruned models per
 model and thread count (each group keeps a random set of channels, their count drawn
 on the rounding grid), their latency removal predicted by tables with and without
-ONNX Runtime's layout conversions (built from the same timings) and measured in one
-interleaved run (``results/latency-check-<models>.json`` and ``.md``).
+ONNX Runtime's layout conversions (built from the same timings; the residual split by
+a profile of the dense run, ``scaling="profiled"``, and for the tables without them
+also scaled with the layers, ``"layers"``) and measured in one interleaved run (``results/latency-check-<models>.json`` and ``.md``).
 
 ``--tag T`` appends ``-T`` to the record's name, so a record from one machine
 (e.g. ``--tag avx2``) does not replace another's.
@@ -229,9 +230,12 @@ def run_check(name: str, threads: int, n_masks: int, rounds: int, multiple: int 
         dense_timer.sample()
         opts = dict(batch=batch, threads=threads, multiple=multiple, cache_dir=False)
         build_latency_model(inst, timer=timings.without_reorders, dense_latency=1.0, **opts)  # fills the timings
+        split = dense_timer.profile()
         dense_s = dense_timer.result()
-        lms = {key: build_latency_model(inst, timer=getattr(timings, key), dense_latency=dense_s, **opts)
-               for key in ("without_reorders", "with_reorders")}
+        lms = {key: build_latency_model(inst, timer=getattr(timings, key), dense_latency=dense_s, dense_split=split,
+                                        **opts) for key in ("without_reorders", "with_reorders")}
+        lms["without_reorders_layers"] = build_latency_model(inst, timer=timings.without_reorders,
+                                                             dense_latency=dense_s, scaling="layers", **opts)
     finally:
         timings.close()
     rng = np.random.default_rng(0)
@@ -250,7 +254,7 @@ def run_check(name: str, threads: int, n_masks: int, rounds: int, multiple: int 
               f"{c['measured_removed']:.3f}  predicted {c['predicted']['without_reorders']:.3f} without reorders, "
               f"{c['predicted']['with_reorders']:.3f} with", flush=True)
     return {"model": name, "batch": batch, "input": list(shape), "threads": threads, "multiple": multiple,
-            "dense_ms": 1e3 * dense_s, "checks": checks, "result": d}
+            "dense_ms": 1e3 * dense_s, "dense_split": split, "checks": checks, "result": d}
 
 
 def to_markdown(payload: dict) -> str:

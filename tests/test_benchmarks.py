@@ -149,7 +149,7 @@ def test_check_model_compares_predictions_with_measurement(tmp_path):
     assert row["multiple"] == 8 and [c["mask"] for c in row["checks"]] == [0, 1]
     for c in row["checks"]:
         assert c["macs_ratio"] > 1 and c["measured_removed"] == pytest.approx(1 - 1 / c["speedup"])
-        assert set(c["predicted"]) == {"without_reorders", "with_reorders"}
+        assert set(c["predicted"]) == {"without_reorders", "with_reorders", "without_reorders_layers"}
         assert all(0 < v < 1 for v in c["predicted"].values())
     assert "| cifar-resnet20 | 8 | 1 | 8 |" in (tmp_path / "latency-check-cifar-resnet20-m8-quick.md").read_text()
     with pytest.raises(SystemExit, match="--check-model takes a number of models >= 1"):
@@ -164,7 +164,11 @@ def test_check_table_gives_each_variants_mean_and_worst_error():
     payload = {"check_model": 2, "rounds": 3, "cpu_model": "cpu", "vector_extensions": ["avx2"],
                "rows": [{"model": "m", "batch": 1, "threads": 2, "multiple": 8, "checks": checks}]}
     lines = _load("_latency_tables").check_table(payload)
-    assert "| m | 1 | 2 | 8 | 0.015 / +0.020 | 0.045 / -0.060 |" in lines
+    assert "| m | 1 | 2 | 8 | 0.015 / +0.020 | 0.045 / -0.060 | — |" in lines  # an older record: no third variant
+    for c, v in zip(checks, (0.45, 0.33)):
+        c["predicted"]["without_reorders_layers"] = v
+    assert "| m | 1 | 2 | 8 | 0.015 / +0.020 | 0.045 / -0.060 | 0.040 / -0.050 |" in _load(
+        "_latency_tables").check_table(payload)
 
 
 def test_closed_set_overlap_on_hand_worked_sets():

@@ -13,7 +13,15 @@ from torch import nn
 import attnprune
 from attnprune.deploy import latency_cache
 from attnprune.deploy.latency_model import LatencyModel, build_latency_model
-from attnprune.deploy.latency_table import REORDER_OPS, OrtTimer, grid_points, kernel_share, layer_specs
+from attnprune.deploy.latency_table import (
+    REORDER_OPS,
+    DenseTimer,
+    OrtTimer,
+    dense_split,
+    grid_points,
+    kernel_share,
+    layer_specs,
+)
 from attnprune.models import build_model
 
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
@@ -180,6 +188,57 @@ def test_residual_scaling(concat, scaling):
     assert sum(lm.breakdown(masks).values()) == pytest.approx(expected, rel=1e-9)
 
 
+def _kept_activations(lm, masks) -> tuple[float, float]:
+    k_out, k_in = lm.kept(masks)
+    act = dense_act = 0.0
+    for ti, ko, ki in zip(lm.entries, k_out, k_in):
+        spec = lm.tables[ti]["spec"]
+        so, si = math.prod(spec.out_size), math.prod(spec.in_size)
+        act += ko * so + ki * si
+        dense_act += spec.c_out * so + spec.c_in * si
+    return act, dense_act
+
+
+def test_profiled_scaling_splits_the_dense_run(concat, tmp_path):
+    """Each part of the profiled dense run scales its own way: layer tables, kept activations, constant."""
+    plain = build_latency_model(concat, threads=1, cache_dir=False, timer=macs_timer)
+    split = {"layers": 0.6, "activations": 0.3, "constant": 0.1}
+    dense = 3 * plain.dense
+    lm = build_latency_model(concat, threads=1, cache_dir=tmp_path, timer=macs_timer, dense_latency=dense,
+                             dense_split=split)
+    assert lm.scaling == "profiled" and lm.split == split
+    for seed in range(3):
+        masks = random_masks(concat, torch.Generator().manual_seed(seed))
+        act, dense_act = _kept_activations(lm, masks)
+        expected = dense * (0.6 * plain.predict(masks) / plain.dense + 0.3 * act / dense_act + 0.1)
+        assert lm.predict(masks) == pytest.approx(expected, rel=1e-9)
+        assert sum(lm.breakdown(masks).values()) == pytest.approx(expected, rel=1e-9)
+    full = [torch.ones(g.n_channels, dtype=torch.bool) for g in concat.groups]
+    assert lm.predict(full) == pytest.approx(dense, rel=1e-12)
+    again = build_latency_model(concat, threads=1, cache_dir=tmp_path, timer=macs_timer, dense_latency=dense,
+                                dense_split=split)
+    assert again.from_cache and again.split == split  # the split travels through the cache
+    no_split = build_latency_model(concat, threads=1, cache_dir=False, timer=macs_timer, dense_latency=dense)
+    layers = build_latency_model(concat, threads=1, cache_dir=False, timer=macs_timer, dense_latency=dense,
+                                 scaling="layers")
+    assert no_split.split is None and no_split.predict(masks) == layers.predict(masks)  # unprofiled: "layers"
+
+
+def _run(ts: float, kernels: list[tuple[str, float]], outside: float) -> list[dict]:
+    events = [{"cat": "Session", "name": "model_run", "ts": ts, "dur": sum(d for _, d in kernels) + outside}]
+    for i, (op, d) in enumerate(kernels):
+        events.append({**_kernel(op, d), "ts": ts + 1 + i})
+    return events
+
+
+def test_dense_split_divides_a_run_into_layers_activations_and_overhead():
+    steady = [("ReorderInput", 5), ("Conv", 50), ("QuickGelu", 15), ("Gemm", 10), ("GlobalAveragePool", 5)]
+    trace = _run(0, [("Conv", 500)], 100) + _run(1000, steady, 15) + _run(2000, steady, 15)
+    assert dense_split(trace, skip_runs=1) == pytest.approx({"layers": 0.6, "activations": 0.25, "constant": 0.15})
+    assert dense_split(trace, skip_runs=3) is None  # no run left
+    assert dense_split([]) is None
+
+
 def test_predict_accepts_numpy_masks_and_checks_them(toy):
     lm = build_latency_model(toy, threads=1, cache_dir=False, timer=macs_timer)
     masks = random_masks(toy, torch.Generator().manual_seed(0))
@@ -264,6 +323,9 @@ def test_cost_model_needs_model_and_inputs(toy):
         ({"points": 1}, "points"),
         ({"scaling": "linear"}, "scaling"),
         ({"dense_latency": -1.0}, "dense_latency"),
+        ({"dense_split": {"layers": 1.0, "activations": 0.0, "constant": 0.0}}, "dense_split"),  # no dense_latency
+        ({"dense_latency": 1.0, "dense_split": {"layers": 0.5, "activations": 0.1, "constant": 0.1}}, "dense_split"),
+        ({"dense_latency": 1.0, "dense_split": {"layers": 1.0}}, "dense_split"),
     ],
 )
 def test_bad_arguments_name_themselves(toy, kwargs, name):
@@ -472,3 +534,15 @@ def test_real_ort_prediction_matches_measured_latency(tmp_path):
     again = build_latency_model(attnprune.instrument(copy.deepcopy(base), x), threads=1, multiple=8,
                                 cache_dir=tmp_path, points=4)
     assert again.from_cache and again.dense == lm.dense
+
+
+def test_dense_timer_profiles_the_whole_model_into_fractions(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.SiLU(), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    timer = DenseTimer(model, (torch.randn(1, 3, 32, 32),), 1, 1, "cpu")
+    split = timer.profile(runs=5)
+    assert timer.result(at_least=2) > 0
+    assert split is not None and sum(split.values()) == pytest.approx(1)
+    assert split["layers"] > 0 and split["activations"] > 0  # the convs, and the SiLU and pooling
+    assert not list(tmp_path.iterdir())  # the trace is removed

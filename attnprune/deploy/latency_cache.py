@@ -23,10 +23,12 @@ from .._files import atomic_file
 from ..data import cache_dir
 from . import machine
 
-__all__ = ["cache_key", "default_cache_dir", "load_cached", "machine_identity", "save_cached"]
+__all__ = ["SPLIT_KEYS", "cache_key", "default_cache_dir", "load_cached", "machine_identity", "save_cached",
+           "valid_split"]
 
 #: 2: tables leave out ONNX Runtime's layout conversions (``OrtTimer(exclude_reorders=True)``);
-#: 3: their share is taken after warm-up runs (:func:`~attnprune.deploy.latency_table.kernel_share`).
+#: 3: their share is taken after warm-up runs (:func:`~attnprune.deploy.latency_table.kernel_share`),
+#: and the file holds the dense run's split (:func:`~attnprune.deploy.latency_table.dense_split`).
 #: A file of another format is not used.
 FORMAT = 3
 
@@ -59,7 +61,8 @@ def _timer_name(timer) -> str:
 
 
 def cache_key(*, tables: list[dict], entries: list[int], batch: int, threads: int, provider: str,
-              multiple: int, inputs: list, timer, dense_latency: float | None) -> dict:
+              multiple: int, inputs: list, timer, dense_latency: float | None,
+              dense_split: dict | None = None) -> dict:
     """The JSON-ready key of a latency model (see the module docstring)."""
     return {
         "format": FORMAT,
@@ -72,6 +75,7 @@ def cache_key(*, tables: list[dict], entries: list[int], batch: int, threads: in
         "multiple": multiple,
         "timer": _timer_name(timer),
         "dense_latency": dense_latency,
+        "dense_split": dense_split,
         "layers": [
             {"spec": t["spec"].to_dict(), "grid_out": list(t["grid_out"]), "grid_in": list(t["grid_in"])}
             for t in tables
@@ -94,12 +98,27 @@ def _valid_seconds(rows, n_out: int, n_in: int) -> bool:
     )
 
 
-def load_cached(key: dict, tables: list[dict], directory) -> tuple[bool, float | None] | None:
+SPLIT_KEYS = ("layers", "activations", "constant")
+
+
+def valid_split(split) -> bool:
+    """``split`` is ``None`` or fractions of :data:`SPLIT_KEYS` (finite, >= 0) summing to 1."""
+    if split is None:
+        return True
+    if not isinstance(split, dict) or set(split) != set(SPLIT_KEYS):
+        return False
+    vals = list(split.values())
+    return (all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in vals)
+            and abs(sum(vals) - 1) < 1e-6)
+
+
+def load_cached(key: dict, tables: list[dict], directory) -> tuple[bool, float | None, dict | None] | None:
     """Fill ``tables``' seconds from the cache file of ``key``.
 
     Returns:
-        ``(True, dense seconds or None)`` when a valid file of exactly this key was
-        found, else ``None`` (no file; or a corrupted one, with a warning).
+        ``(True, dense seconds or None, dense split or None)`` when a valid file of
+        exactly this key was found, else ``None`` (no file; or a corrupted one, with a
+        warning).
     """
     path = _path(key, directory)
     if not path.is_file():
@@ -117,17 +136,20 @@ def load_cached(key: dict, tables: list[dict], directory) -> tuple[bool, float |
                 raise ValueError(f"a table of {t['spec'].kind} {t['spec'].c_out}x{t['spec'].c_in} is malformed")
         if dense is not None and not (isinstance(dense, (int, float)) and math.isfinite(dense) and dense > 0):
             raise ValueError(f"its dense latency {dense!r} is not a positive number")
+        split = data["split"]
+        if not valid_split(split):
+            raise ValueError(f"its dense split {split!r} is not fractions of {list(SPLIT_KEYS)} summing to 1")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         warnings.warn(f"ignoring the corrupted latency cache {path} ({exc}); measuring again", stacklevel=3)
         return None
     for t, r in zip(tables, rows):
         t["seconds"] = [[float(v) for v in row] for row in r]
-    return True, None if dense is None else float(dense)
+    return True, None if dense is None else float(dense), split
 
 
-def save_cached(key: dict, tables: list[dict], dense: float | None, directory) -> Path:
-    """Write the tables of ``key`` (atomically) and return the file's path."""
+def save_cached(key: dict, tables: list[dict], dense: float | None, directory, split: dict | None = None) -> Path:
+    """Write the tables of ``key``, the dense latency and its split (atomically); return the file's path."""
     path = _path(key, directory)
     with atomic_file(path, "w") as fh:
-        json.dump({"key": key, "seconds": [t["seconds"] for t in tables], "dense": dense}, fh)
+        json.dump({"key": key, "seconds": [t["seconds"] for t in tables], "dense": dense, "split": split}, fh)
     return path

@@ -40,8 +40,8 @@ from .._modes import observe
 from .export import export_onnx, onnx_session
 
 __all__ = [
-    "REORDER_OPS", "DenseTimer", "LayerSpec", "OrtTimer", "Timer", "at_batch", "grid_points", "hook_free_copy",
-    "kernel_share", "layer_specs", "one_node_model", "time_call",
+    "LAYER_OPS", "REORDER_OPS", "DenseTimer", "LayerSpec", "OrtTimer", "Timer", "at_batch", "dense_split",
+    "grid_points", "hook_free_copy", "kernel_share", "layer_specs", "one_node_model", "time_call",
 ]
 
 _CONV = nn.modules.conv._ConvNd
@@ -278,6 +278,18 @@ def time_call(run: Callable[[], object], *, warmup: int, samples: int, min_sampl
 REORDER_OPS = ("ReorderInput", "ReorderOutput")
 
 
+def _steady_kernels(trace: list[dict], skip_runs: int) -> tuple[list[dict], list[dict]]:
+    """The kernel events and ``model_run`` events of a profiler trace after its first ``skip_runs`` runs."""
+    runs = sorted((e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                  key=lambda e: float(e.get("ts", 0)))
+    start = -math.inf
+    if skip_runs > 0:
+        start = float(runs[skip_runs].get("ts", 0)) if len(runs) > skip_runs else math.inf
+    kernels = [e for e in trace if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
+               and float(e.get("ts", 0)) >= start]
+    return kernels, [e for e in runs if float(e.get("ts", 0)) >= start]
+
+
 def kernel_share(trace: list[dict], excluded: tuple[str, ...] = REORDER_OPS, skip_runs: int = 0) -> float:
     """Fraction of the kernel time in an ONNX Runtime profiler trace spent outside ``excluded`` ops.
 
@@ -294,20 +306,35 @@ def kernel_share(trace: list[dict], excluded: tuple[str, ...] = REORDER_OPS, ski
     Returns:
         A share in ``[0, 1]``; 1 when the trace holds no kernel time.
     """
-    start = -math.inf
-    if skip_runs > 0:
-        runs = sorted(float(e.get("ts", 0)) for e in trace
-                      if e.get("cat") == "Session" and e.get("name") == "model_run")
-        start = runs[skip_runs] if len(runs) > skip_runs else math.inf
-    kept = total = 0.0
-    for e in trace:
-        if (e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
-                and float(e.get("ts", 0)) >= start):
-            d = float(e.get("dur", 0))
-            total += d
-            if e.get("args", {}).get("op_name") not in excluded:
-                kept += d
+    kernels, _ = _steady_kernels(trace, skip_runs)
+    total = sum(float(e.get("dur", 0)) for e in kernels)
+    kept = sum(float(e.get("dur", 0)) for e in kernels if e.get("args", {}).get("op_name") not in excluded)
     return kept / total if total > 0 else 1.0
+
+
+#: The ops the latency tables time (a conv or linear layer, fused or not, in any layout).
+LAYER_OPS = ("Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
+
+
+def dense_split(trace: list[dict], skip_runs: int = 0) -> dict[str, float] | None:
+    """How a whole model's run time divides, from an ONNX Runtime profiler trace.
+
+    Returns:
+        Fractions of the run time (summing to 1): ``"layers"``, the kernels of
+        :data:`LAYER_OPS`; ``"activations"``, every other kernel (activation functions
+        left unfused, pooling, element-wise ops, layout conversions: memory-bound work
+        over the activations); ``"constant"``, the run time outside any kernel
+        (dispatch, allocation). ``None`` when the trace holds no run or no kernel time.
+    """
+    kernels, runs = _steady_kernels(trace, skip_runs)
+    run_time = sum(float(e.get("dur", 0)) for e in runs)
+    layers = sum(float(e.get("dur", 0)) for e in kernels if e.get("args", {}).get("op_name") in LAYER_OPS)
+    other = sum(float(e.get("dur", 0)) for e in kernels) - layers
+    if run_time <= 0 or layers + other <= 0:
+        return None
+    constant = max(0.0, run_time - layers - other)
+    total = layers + other + constant
+    return {"layers": layers / total, "activations": other / total, "constant": constant / total}
 
 
 class OrtTimer:
@@ -458,6 +485,7 @@ class DenseTimer:
         except Exception:  # noqa: BLE001 - then the default exporter
             export_onnx(clone, inputs, path, dynamic_batch=False, check=False)
         self._session = onnx_session(path, provider, threads)
+        self._path, self._provider, self._threads = path, provider, threads
         names = [i.name for i in self._session.get_inputs()]
         self._feed = {n: t.detach().cpu().numpy() for n, t in zip(names, inputs)}
         self.samples: list[float] = []
@@ -470,6 +498,21 @@ class DenseTimer:
     def sample(self) -> None:
         """Take one sample (the fastest of three runs)."""
         self.samples.append(time_call(self._run, warmup=0, samples=3, min_sample_s=0.0))
+
+    def profile(self, runs: int = 20, warmup: int = 3) -> dict[str, float] | None:
+        """How the dense run divides (:func:`dense_split`), from ``runs`` profiled runs after ``warmup``.
+
+        Call it before :meth:`result`, which removes the exported file.
+        """
+        session = onnx_session(self._path, self._provider, self._threads,
+                               profile_prefix=Path(self._tmp.name) / "trace")
+        for _ in range(warmup + runs):
+            session.run(None, self._feed)
+        trace_path = Path(session.end_profiling())
+        try:
+            return dense_split(json.loads(trace_path.read_text()), skip_runs=warmup)
+        finally:
+            trace_path.unlink(missing_ok=True)
 
     def result(self, at_least: int = 7) -> float:
         """Fastest sample (topped up to ``at_least`` samples); removes the exported file."""
