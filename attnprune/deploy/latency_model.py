@@ -119,7 +119,7 @@ class LatencyModel:
         self._table_dense = float(self._layer_seconds(self._c_out.astype(float), self._c_in.astype(float)).sum())
         self.dense = self._table_dense if dense_measured is None else float(dense_measured)
         self.residual = self.dense - self._table_dense
-        self.split = None if split is None else {k: float(split[k]) for k in ("layers", "activations", "constant")}
+        self.split = None if split is None else {k: float(split[k]) for k in SPLIT_KEYS}
 
     # -- precomputation ---------------------------------------------------------------
     def _prepare(self, layers: list[LayerCost]) -> None:
