@@ -28,7 +28,8 @@ model and thread count (each group keeps a random set of channels, their count d
 on the rounding grid), their latency removal predicted by tables with and without
 ONNX Runtime's layout conversions (built from the same timings; the residual split by
 a profile of the dense run, ``scaling="profiled"``, and for the tables without them
-also scaled with the layers, ``"layers"``) and measured in one interleaved run (``results/latency-check-<models>.json`` and ``.md``).
+also scaled with the layers, ``"layers"``) and measured in one interleaved run
+(``results/latency-check-<models>.json`` and ``.md``).
 
 ``--tag T`` appends ``-T`` to the record's name, so a record from one machine
 (e.g. ``--tag avx2``) does not replace another's.

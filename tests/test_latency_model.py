@@ -200,9 +200,9 @@ def _kept_activations(lm, masks) -> tuple[float, float]:
 
 
 def test_profiled_scaling_splits_the_dense_run(concat, tmp_path):
-    """Each part of the profiled dense run scales its own way: layer tables, kept activations, constant."""
+    """Each part of the profiled dense run scales its own way: with the layer tables, with the kept activations."""
     plain = build_latency_model(concat, threads=1, cache_dir=False, timer=macs_timer)
-    split = {"layers": 0.6, "activations": 0.3, "constant": 0.1}
+    split = {"layers": 0.7, "activations": 0.3}
     dense = 3 * plain.dense
     lm = build_latency_model(concat, threads=1, cache_dir=tmp_path, timer=macs_timer, dense_latency=dense,
                              dense_split=split)
@@ -210,7 +210,7 @@ def test_profiled_scaling_splits_the_dense_run(concat, tmp_path):
     for seed in range(3):
         masks = random_masks(concat, torch.Generator().manual_seed(seed))
         act, dense_act = _kept_activations(lm, masks)
-        expected = dense * (0.6 * plain.predict(masks) / plain.dense + 0.3 * act / dense_act + 0.1)
+        expected = dense * (0.7 * plain.predict(masks) / plain.dense + 0.3 * act / dense_act)
         assert lm.predict(masks) == pytest.approx(expected, rel=1e-9)
         assert sum(lm.breakdown(masks).values()) == pytest.approx(expected, rel=1e-9)
     full = [torch.ones(g.n_channels, dtype=torch.bool) for g in concat.groups]
@@ -231,10 +231,10 @@ def _run(ts: float, kernels: list[tuple[str, float]], outside: float) -> list[di
     return events
 
 
-def test_dense_split_divides_a_run_into_layers_activations_and_overhead():
+def test_dense_split_divides_the_kernel_time_into_layers_and_activations():
     steady = [("ReorderInput", 5), ("Conv", 50), ("QuickGelu", 15), ("Gemm", 10), ("GlobalAveragePool", 5)]
     trace = _run(0, [("Conv", 500)], 100) + _run(1000, steady, 15) + _run(2000, steady, 15)
-    assert dense_split(trace, skip_runs=1) == pytest.approx({"layers": 0.6, "activations": 0.25, "constant": 0.15})
+    assert dense_split(trace, skip_runs=1) == pytest.approx({"layers": 60 / 85, "activations": 25 / 85})
     assert dense_split(trace, skip_runs=3) is None  # no run left
     assert dense_split([]) is None
 
@@ -323,8 +323,8 @@ def test_cost_model_needs_model_and_inputs(toy):
         ({"points": 1}, "points"),
         ({"scaling": "linear"}, "scaling"),
         ({"dense_latency": -1.0}, "dense_latency"),
-        ({"dense_split": {"layers": 1.0, "activations": 0.0, "constant": 0.0}}, "dense_split"),  # no dense_latency
-        ({"dense_latency": 1.0, "dense_split": {"layers": 0.5, "activations": 0.1, "constant": 0.1}}, "dense_split"),
+        ({"dense_split": {"layers": 1.0, "activations": 0.0}}, "dense_split"),  # no dense_latency
+        ({"dense_latency": 1.0, "dense_split": {"layers": 0.5, "activations": 0.1}}, "dense_split"),
         ({"dense_latency": 1.0, "dense_split": {"layers": 1.0}}, "dense_split"),
     ],
 )

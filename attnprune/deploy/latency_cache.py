@@ -98,7 +98,7 @@ def _valid_seconds(rows, n_out: int, n_in: int) -> bool:
     )
 
 
-SPLIT_KEYS = ("layers", "activations", "constant")
+SPLIT_KEYS = ("layers", "activations")
 
 
 def valid_split(split) -> bool:

@@ -11,9 +11,9 @@ the sum of each layer's table, interpolated bilinearly at its kept counts, plus 
 How the residual scales with the masks is ``scaling``:
 
 * ``"profiled"`` (the default): the dense model's run is profiled once in ONNX Runtime
-  and divided into its conv/linear kernels, its other kernels and the time outside
-  kernels (:func:`~attnprune.deploy.latency_table.dense_split`); the first part scales
-  like ``"layers"``, the second like ``"activations"``, the third stays constant. On
+  and its kernel time divided into conv/linear kernels and other kernels
+  (:func:`~attnprune.deploy.latency_table.dense_split`); the dense latency's first part
+  scales like ``"layers"``, the second like ``"activations"``. On
   torchvision EfficientNet-B0 (batch 1, one thread, AMD EPYC with AVX2) the
   un-fused SiLU alone took 3.3 of 16.5 ms of kernel time and other non-conv kernels 1.9
   ms: memory-bound work that shrinks with the kept channels, not with their product,
@@ -96,8 +96,8 @@ class LatencyModel:
             the sum of the dense tables when nothing was measured.
         residual: Dense latency not in the layer tables (may be negative).
         scaling: How the residual scales with the masks (see the module docstring).
-        split: How the dense run divides into layer kernels, other kernels and time
-            outside kernels (fractions, ``"layers"``/``"activations"``/``"constant"``;
+        split: How the dense run's kernel time divides into layer kernels and other
+            kernels (fractions, ``"layers"``/``"activations"``;
             :func:`~attnprune.deploy.latency_table.dense_split`), or ``None`` when
             not profiled (then ``"profiled"`` scales like ``"layers"``).
         batch: Batch size the latencies are for.
@@ -166,7 +166,7 @@ class LatencyModel:
         if self.scaling == "profiled" and self.split is not None and self._table_dense and self._act_dense:
             f = self.split
             return self.dense * (f["layers"] * layers / self._table_dense + f["activations"]
-                                 * self._activations(k_out, k_in) / self._act_dense + f["constant"]) - layers
+                                 * self._activations(k_out, k_in) / self._act_dense) - layers
         if self.scaling == "constant":
             return self.residual
         if self.scaling in ("layers", "profiled"):
@@ -311,7 +311,7 @@ def build_latency_model(
             ``"layers"``, ``"activations"`` or ``"constant"`` (module docstring; not
             part of the cache key, as the tables do not depend on it).
         dense_split: With ``dense_latency``: how that run divides (fractions
-            ``"layers"``, ``"activations"``, ``"constant"`` summing to 1, as
+            ``"layers"`` and ``"activations"`` summing to 1, as
             :func:`~attnprune.deploy.latency_table.dense_split` gives), for
             ``"profiled"``. Measured with the dense latency on the CPU otherwise.
         model: The model, when ``inst_or_cost`` is a cost model.
