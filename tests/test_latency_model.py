@@ -161,6 +161,18 @@ def test_predict_equals_analytic_macs(request, which, multiple):
     assert len(seen) > 1  # the masks really differed
 
 
+def _kept_activations(lm, masks) -> tuple[float, float]:
+    """Kept and dense activations: k_out * out_size + k_in * in_size over the layer calls."""
+    k_out, k_in = lm.kept(masks)
+    act = dense_act = 0.0
+    for ti, ko, ki in zip(lm.entries, k_out, k_in):
+        spec = lm.tables[ti]["spec"]
+        so, si = math.prod(spec.out_size), math.prod(spec.in_size)
+        act += ko * so + ki * si
+        dense_act += spec.c_out * so + spec.c_in * si
+    return act, dense_act
+
+
 @pytest.mark.parametrize("scaling", ["layers", "activations", "constant"])
 def test_residual_scaling(concat, scaling):
     """With a known dense latency, the residual follows the chosen scaling exactly."""
@@ -171,32 +183,15 @@ def test_residual_scaling(concat, scaling):
     assert lm.dense == 2 * dense_layers and lm.residual == pytest.approx(dense_layers)
     masks = random_masks(concat, torch.Generator().manual_seed(5))
     layers = plain.predict(masks)
-    k_out, k_in = lm.kept(masks)
     if scaling == "layers":
         expected = 2 * layers
     elif scaling == "constant":
         expected = layers + dense_layers
-    else:  # kept activations: k_out * out_size + k_in * in_size over the layer calls
-        act = dense_act = 0.0
-        for ti, ko, ki in zip(lm.entries, k_out, k_in):
-            spec = lm.tables[ti]["spec"]
-            so, si = math.prod(spec.out_size), math.prod(spec.in_size)
-            act += ko * so + ki * si
-            dense_act += spec.c_out * so + spec.c_in * si
+    else:
+        act, dense_act = _kept_activations(lm, masks)
         expected = layers + dense_layers * act / dense_act
     assert lm.predict(masks) == pytest.approx(expected, rel=1e-9)
     assert sum(lm.breakdown(masks).values()) == pytest.approx(expected, rel=1e-9)
-
-
-def _kept_activations(lm, masks) -> tuple[float, float]:
-    k_out, k_in = lm.kept(masks)
-    act = dense_act = 0.0
-    for ti, ko, ki in zip(lm.entries, k_out, k_in):
-        spec = lm.tables[ti]["spec"]
-        so, si = math.prod(spec.out_size), math.prod(spec.in_size)
-        act += ko * so + ki * si
-        dense_act += spec.c_out * so + spec.c_in * si
-    return act, dense_act
 
 
 def test_profiled_scaling_splits_the_dense_run(concat, tmp_path):
