@@ -33,23 +33,23 @@ How the residual scales with the masks is ``scaling``:
 * ``"constant"``: the dense residual at every mask.
 
 The tables leave out the layout conversions ONNX Runtime wraps around a lone conv
-(:class:`~attnprune.deploy.latency_table.OrtTimer`). On 6 randomly pruned models
-each of resnet18/50, mobilenet_v2, efficientnet_b0 and CIFAR ResNet-56, at 1 and 2
-threads (channels multiples of 16; a shared 2-core Intel Xeon with AVX-512;
-``python benchmarks/latency.py --check-model 6``), the predicted fraction of
-latency removed was off by 0.019 on average (worst 0.069, mobilenet_v2 at two
-threads) with ``"layers"``; on a shared 2-core AMD EPYC with AVX2 only (multiples of 8)
-by 0.026 (worst 0.114: efficientnet_b0 at one thread, over-predicted by 7 points on
-average); with ``"profiled"`` on a shared 2-core AMD EPYC with AVX-512 (multiples of
-16) by 0.017 at one thread and 0.025 over one and two (worst 0.136: mobilenet_v2 at two
-threads, under-predicted, its tables probably disturbed by the machine's other load while they
-were timed; at one thread mobilenet_v2 was over-predicted by 4.4 points on average, the
-about the same with 9 or 17 grid points). Off the CPU's block size it is worse: on random ResNet-56
-masks in multiples of 8 (what the latency fallback of ``round_to="auto"`` uses on an
-AVX-512 machine; ``--check-model 6 --multiple 8``) it over-predicted the removal by
-5-13 points, with or without the conversions in the tables (shares then still taken over
-the first runs): a whole model that mixes blocked and unblocked convs converts between
-the layouts at every boundary, which no table holds. Earlier, on three random
+(:class:`~attnprune.deploy.latency_table.OrtTimer`). On 6 randomly pruned models each of
+resnet18/50, mobilenet_v2, efficientnet_b0 and CIFAR ResNet-56, at 1 and 2 threads
+(channels multiples of 16; a shared 2-core Intel Xeon with AVX-512; ``python
+benchmarks/latency.py --check-model 6``), the predicted fraction of latency removed was
+off by 0.019 on average (worst 0.069, mobilenet_v2 at two threads) with ``"layers"``; on
+a shared 2-core AMD EPYC with AVX2 only (multiples of 8) by 0.026 (worst 0.114:
+efficientnet_b0 at one thread, over-predicted by 7 points on average); with
+``"profiled"`` on a shared 2-core AMD EPYC with AVX-512 (multiples of 16) by 0.017 at
+one thread and 0.025 over one and two (worst 0.136: mobilenet_v2 at two threads,
+under-predicted, its tables probably disturbed by the machine's other load while they
+were timed; at one thread mobilenet_v2 was over-predicted by 4.4 points on average, and
+about as much with 9 or 17 grid points). Off the CPU's block size it is worse: on random
+ResNet-56 masks in multiples of 8 (what the latency fallback of ``round_to="auto"`` uses
+on an AVX-512 machine; ``--check-model 6 --multiple 8``) it over-predicted the removal
+by 5-13 points, with or without the conversions in the tables (shares then still taken
+over the first runs): a whole model that mixes blocked and unblocked convs converts
+between the layouts at every boundary, which no table holds. Earlier, on three random
 ResNet-18s, ``"activations"`` was off by up to 1.6 points and ``"constant"`` by 2.3,
 against 1.1 for ``"layers"``.
 
