@@ -35,8 +35,8 @@ How the residual scales with the masks is ``scaling``:
 The tables leave out the layout conversions ONNX Runtime wraps around a lone conv
 (:class:`~attnprune.deploy.latency_table.OrtTimer`). On 6 randomly pruned models each of
 resnet18/50, mobilenet_v2, efficientnet_b0 and CIFAR ResNet-56, at 1 and 2 threads
-(channels multiples of 16; a shared 2-core Intel Xeon with AVX-512; ``python
-benchmarks/latency.py --check-model 6``), the predicted fraction of latency removed was
+(channels multiples of 16; a shared 2-core Intel Xeon with AVX-512;
+``python benchmarks/latency.py --check-model 6``), the predicted fraction of latency removed was
 off by 0.019 on average (worst 0.069, mobilenet_v2 at two threads) with ``"layers"``; on
 a shared 2-core AMD EPYC with AVX2 only (multiples of 8) by 0.026 (worst 0.114:
 efficientnet_b0 at one thread, over-predicted by 7 points on average); with
